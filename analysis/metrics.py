@@ -1,0 +1,289 @@
+"""Entropy metrics over reasoning traces: pure functions, arrays in, arrays out.
+
+Every quantity is in nats (natural log). ``to_bits`` converts for display.
+The estimators and their papers are described in the README and in
+``ESTIMATORS`` below; a value always travels with its estimator name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+LN2 = math.log(2.0)
+
+#: estimator name -> one-line description (shown in the dashboard next to figures)
+ESTIMATORS: dict[str, str] = {
+    "full": "exact entropy of the full next-token distribution (all logits, sampling temperature)",
+    "full_t1": "exact entropy of the full next-token distribution at temperature 1",
+    "topk_renorm": "top-k probabilities renormalised to sum 1 (Think Just Enough, arXiv 2510.08146)",
+    "topk_tail": "top-k probabilities plus one tail bucket of mass 1 - sum p_k (ARES, arXiv 2510.08457)",
+    "epr": "sum of -p ln p over the top-k, no renormalisation: a lower bound (EPR, arXiv 2509.04492)",
+}
+TOPK_ESTIMATORS = ("topk_renorm", "topk_tail", "epr")
+
+#: logprobs at or below this are "probability 0": OpenAI/vLLM write -9999.0 for
+#: "not in the top-k", llama.cpp about -3.4e38 for probability 0.
+SENTINEL_LOGPROB = -9999.0
+
+#: default discourse lexicon for lexicon-restricted forking points (editable in the UI)
+DEFAULT_LEXICON: tuple[str, ...] = (
+    "wait", "but", "however", "hmm", "alternatively", "so", "let me", "actually",
+    "maybe", "perhaps", "instead", "then", "therefore", "thus", "check", "verify",
+    "no", "oh", "hold on", "first", "next", "finally", "if", "since",
+)
+#: markers that tokenizers put in front of a token to mean "preceded by a space"
+SPACE_MARKERS = ("\u0120", "\u2581", "\u010a")  # GPT-2 byte-level 'Ġ', SentencePiece '▁', 'Ċ'
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A metric value with the name, unit and estimator it was computed with."""
+
+    name: str
+    values: np.ndarray
+    unit: str = "nats"
+    estimator: str = "full"
+    meta: dict = field(default_factory=dict)
+
+    def to(self, unit: str) -> "Quantity":
+        """The same quantity in ``unit`` ('nats' or 'bits')."""
+        if unit == self.unit:
+            return self
+        if (self.unit, unit) == ("nats", "bits"):
+            return Quantity(self.name, self.values / LN2, "bits", self.estimator, self.meta)
+        if (self.unit, unit) == ("bits", "nats"):
+            return Quantity(self.name, self.values * LN2, "nats", self.estimator, self.meta)
+        raise ValueError(f"cannot convert {self.unit} to {unit}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.unit}, {self.estimator})"
+
+
+def to_bits(nats):
+    """Convert nats to bits (bits = nats / ln 2)."""
+    return np.asarray(nats, dtype=np.float64) / LN2
+
+
+# --------------------------------------------------------------------------- full entropy
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy in nats of softmax(logits / T) over the last axis.
+
+    Safe with -inf logits (masked vocabulary entries contribute 0, not NaN) and with
+    float16/bfloat16 input (computed in float32). Shape [..., V] -> [...].
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    logp = torch.log_softmax(z, dim=-1)
+    p = logp.exp()
+    # p * logp is 0 * -inf = NaN where p == 0; those entries contribute nothing.
+    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
+    return -plogp.sum(dim=-1)
+
+
+def token_entropy(logits, temperature: float = 1.0) -> Quantity:
+    """Full-vocabulary token entropy (estimator ``full``) from logits [T, V]."""
+    t = torch.as_tensor(logits)
+    h = entropy_from_logits(t, temperature).cpu().numpy().astype(np.float64)
+    return Quantity("token entropy", h, "nats", "full", {"temperature": temperature})
+
+
+# --------------------------------------------------------------------------- top-k estimators
+
+
+def clean_logprobs(logprobs) -> np.ndarray:
+    """Top-k logprobs as float64 with every 'probability 0' sentinel set to -inf.
+
+    NaN, +inf, -inf, values <= -9999 (OpenAI/vLLM) and the lowest float (llama.cpp)
+    all mean 'no probability mass here'. Positive values (> 0) are clipped to 0.
+    """
+    lp = np.array(logprobs, dtype=np.float64, copy=True)
+    bad = ~np.isfinite(lp) | (lp <= SENTINEL_LOGPROB)
+    lp[bad] = -np.inf
+    np.minimum(lp, 0.0, out=lp)
+    return lp
+
+
+def all_topk_entropies(logprobs) -> dict[str, np.ndarray]:
+    """Every top-k estimator (nats) for the same [T, k] logprobs, by estimator name.
+
+    Padding and sentinels count as probability 0. A row with no usable probability gives NaN.
+    - ``topk_renorm``: renormalise the k probabilities, then H = -(1/m) sum p ln p + ln m.
+    - ``topk_tail``: H over the k probabilities plus one tail bucket of mass 1 - m.
+    - ``epr``: sum of -p ln p over the k, no renormalisation (never exceeds the full H).
+    """
+    lp = clean_logprobs(logprobs)
+    if lp.ndim == 1:
+        lp = lp[None, :]
+    if lp.ndim != 2:
+        raise ValueError(f"top-k logprobs must have shape [T, k], got {lp.shape}")
+    p = np.exp(lp)  # exp(-inf) = 0
+    lp[p == 0] = 0.0  # so that p * lp is 0, not NaN, where p = 0
+    s = np.einsum("ij,ij->i", p, lp)  # sum p ln p (<= 0)
+    mass = p.sum(axis=1)
+    has = mass > 0
+    safe_mass = np.where(has, mass, 1.0)
+    tail = np.clip(1.0 - mass, 0.0, 1.0)
+    tail_term = -tail * np.log(np.where(tail > 0, tail, 1.0))
+    out = {"topk_renorm": -s / safe_mass + np.log(safe_mass), "topk_tail": -s + tail_term, "epr": -s}
+    for name, h in out.items():
+        out[name] = np.where(has, np.maximum(h, 0.0), np.nan)
+    return out
+
+
+def topk_entropy(logprobs, estimator: str = "topk_renorm") -> Quantity:
+    """Entropy estimate in nats from top-k logprobs [T, k] with one of ``TOPK_ESTIMATORS``."""
+    if estimator not in TOPK_ESTIMATORS:
+        raise ValueError(f"unknown top-k estimator {estimator!r}; use one of {TOPK_ESTIMATORS}")
+    return Quantity("token entropy", all_topk_entropies(logprobs)[estimator], "nats", estimator)
+
+
+# --------------------------------------------------------------------------- window / forking
+
+
+def window_entropy(h, w: int = 4) -> Quantity:
+    """Window entropy at each position t: mean of H over the w tokens that follow t.
+
+    Positions t+1 .. t+w (ARES, arXiv 2510.08457). Near the end of a trace the window
+    holds fewer tokens and the mean is over those; the last position has no following
+    token and gets NaN. NaN entropies inside a window are ignored.
+    """
+    if w < 1:
+        raise ValueError(f"window size must be >= 1, got {w}")
+    x = np.asarray(h, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"entropies must be 1-D, got shape {x.shape}")
+    n = x.size
+    if n == 0:
+        return Quantity("window entropy", np.empty(0), "nats", meta={"w": w})
+    valid = ~np.isnan(x)
+    cs = np.concatenate([[0.0], np.cumsum(np.where(valid, x, 0.0))])
+    cc = np.concatenate([[0], np.cumsum(valid)])
+    t = np.arange(n)
+    lo = np.minimum(t + 1, n)
+    hi = np.minimum(t + 1 + w, n)
+    cnt = cc[hi] - cc[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(cnt > 0, (cs[hi] - cs[lo]) / np.maximum(cnt, 1), np.nan)
+    return Quantity("window entropy", out, "nats", meta={"w": w})
+
+
+def strip_space_marker(token: str) -> str:
+    """Token text without the tokenizer's leading space marker and surrounding blanks."""
+    s = token
+    while s and (s[0] in SPACE_MARKERS or s[0].isspace()):
+        s = s[1:]
+    return s.strip().lower()
+
+
+def lexicon_mask(tokens: Sequence[str], lexicon: Iterable[str]) -> np.ndarray:
+    """True where a token (or a multi-word lexicon entry starting at it) is in the lexicon.
+
+    Matching is case-insensitive after stripping the tokenizer's space marker; an entry of
+    several words ("let me") matches when the following tokens spell it out.
+    """
+    words = [strip_space_marker(t) for t in tokens]
+    entries = [e.strip().lower() for e in lexicon if e and e.strip()]
+    single = {e for e in entries if " " not in e}
+    multi = [e.split() for e in entries if " " in e]
+    mask = np.zeros(len(words), dtype=bool)
+    for i, wd in enumerate(words):
+        if wd in single:
+            mask[i] = True
+            continue
+        for parts in multi:
+            if wd == parts[0] and [strip_space_marker(x) for x in words[i : i + len(parts)]] == parts:
+                mask[i] = True
+                break
+    return mask
+
+
+def forking_threshold(window: np.ndarray, method: str = "percentile", value: float = 95.0,
+                      corpus: np.ndarray | None = None) -> float:
+    """Threshold tau on window entropy (nats).
+
+    - ``percentile``: the ``value``-th percentile of this trace's window entropy (ARES: 95).
+    - ``corpus``: the (1 - value/100) quantile over ``corpus`` window entropies, i.e.
+      value=20 marks the top 20% of a run's tokens (Beyond the 80/20 rule, arXiv 2506.01939).
+    - ``fixed``: ``value`` itself, in nats.
+    """
+    w = np.asarray(window, dtype=np.float64)
+    if method == "fixed":
+        return float(value)
+    if method == "percentile":
+        ok = w[~np.isnan(w)]
+        return float(np.percentile(ok, value)) if ok.size else float("inf")
+    if method == "corpus":
+        if corpus is None:
+            raise ValueError("method 'corpus' needs the corpus window entropies")
+        c = np.asarray(corpus, dtype=np.float64)
+        c = c[~np.isnan(c)]
+        return float(np.quantile(c, 1.0 - value / 100.0)) if c.size else float("inf")
+    raise ValueError(f"unknown threshold method {method!r}; use percentile, corpus or fixed")
+
+
+def forking_points(window, tau: float, tokens: Sequence[str] | None = None,
+                   lexicon: Iterable[str] | None = None) -> np.ndarray:
+    """Positions whose window entropy is at or above ``tau`` (optionally lexicon-restricted)."""
+    w = np.asarray(window, dtype=np.float64)
+    mask = np.nan_to_num(w, nan=-np.inf) >= tau
+    if lexicon is not None:
+        if tokens is None:
+            raise ValueError("a lexicon restriction needs the tokens")
+        mask &= lexicon_mask(tokens, lexicon)
+    return np.flatnonzero(mask)
+
+
+# --------------------------------------------------------------------------- phases / sequence
+
+
+def phase_boundary(tokens: Sequence[str], marker: str | None = "</think>") -> int:
+    """Index of the first answer token: the first token that starts at or after the end of
+    the first ``marker`` in the concatenated token text. No marker: len(tokens) (all thinking).
+
+    The marker tokens themselves count as thinking.
+    """
+    n = len(tokens)
+    if not marker:
+        return n
+    text = "".join(tokens)
+    at = text.find(marker)
+    if at < 0:
+        return n
+    end = at + len(marker)
+    starts = np.cumsum([0] + [len(t) for t in tokens[:-1]]) if n else np.empty(0)
+    idx = int(np.searchsorted(starts, end, side="left"))
+    return min(idx, n)
+
+
+def sequence_entropy(h, boundary: int | None = None, phase: str = "all") -> float:
+    """Mean token entropy (nats) over the completion, its thinking part or its answer part.
+
+    ``boundary`` is the first answer token (see ``phase_boundary``). NaN entries are ignored;
+    an empty part gives NaN.
+    """
+    x = np.asarray(h, dtype=np.float64)
+    b = x.size if boundary is None else int(np.clip(boundary, 0, x.size))
+    if phase == "all":
+        part = x
+    elif phase == "thinking":
+        part = x[:b]
+    elif phase == "answer":
+        part = x[b:]
+    else:
+        raise ValueError(f"unknown phase {phase!r}; use all, thinking or answer")
+    part = part[~np.isnan(part)]
+    return float(part.mean()) if part.size else float("nan")
+
+
+PHASES = ("all", "thinking", "answer")

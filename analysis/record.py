@@ -1,0 +1,357 @@
+"""Running a model: generate or score completions and hand back per-token records.
+
+Generation uses ``transformers`` ``generate`` with a logits processor that sees the raw
+logits of every step (custom processors run before the temperature/top-p warpers) and
+reduces them at once to what is kept: full-vocabulary entropy at the sampling temperature
+and at T=1, the chosen token's logprob, and the top-k alternatives. Nothing of size
+[steps x vocabulary] is held.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .models import LoadedModel
+from .trace import Trace
+
+
+@dataclass
+class GenerationSettings:
+    """How traces are generated; stored with every run."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    seed: int = 0
+    samples: int = 1
+    top_k: int = 20                 # alternatives recorded per token
+    do_sample: bool = True          # False: greedy decoding (entropies at T = 1)
+    chat_template: bool = True
+    system_prompt: str | None = None
+    batch_size: int = 8
+    marker: str = "</think>"
+
+    @property
+    def effective_temperature(self) -> float:
+        return self.temperature if self.do_sample else 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prompt:
+    """A prompt to generate from, with optional problem metadata carried into the trace."""
+
+    text: str
+    metadata: dict = field(default_factory=dict)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def build_prompt_ids(lm: LoadedModel, text: str, settings: GenerationSettings) -> list[int]:
+    """Token ids of a prompt, through the chat template when the tokenizer has one."""
+    tok = lm.tokenizer
+    if settings.chat_template and getattr(tok, "chat_template", None):
+        msgs = []
+        if settings.system_prompt:
+            msgs.append({"role": "system", "content": settings.system_prompt})
+        msgs.append({"role": "user", "content": text})
+        rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        return tok(rendered, add_special_tokens=False)["input_ids"]
+    return tok(text)["input_ids"]
+
+
+def token_pieces(tok, ids: Sequence[int]) -> list[str]:
+    """The text each token adds, such that ''.join(pieces) == decode(ids).
+
+    Decoded incrementally over a short window (as streaming servers do), so a character
+    split over several byte-level tokens is given to the token that completes it and the
+    earlier ones get ''.
+    """
+    ids = [int(i) for i in ids]
+    pieces: list[str] = []
+    emitted = 0
+    for i in range(len(ids)):
+        lo = max(0, emitted - 4)
+        prefix = tok.decode(ids[lo:emitted], skip_special_tokens=False) if emitted > lo else ""
+        full = tok.decode(ids[lo : i + 1], skip_special_tokens=False)
+        if full.endswith("\ufffd") and i < len(ids) - 1:
+            pieces.append("")
+            continue
+        if full.startswith(prefix):
+            pieces.append(full[len(prefix):])
+        else:  # a decoder that rewrites its context: fall back to the token alone
+            pieces.append(tok.decode(ids[emitted : i + 1], skip_special_tokens=False))
+        emitted = i + 1
+    return pieces
+
+
+class VocabText:
+    """Cached text of single token ids, for the top-k alternatives."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, ids: Iterable[int]) -> dict[int, str]:
+        out = {}
+        for i in ids:
+            i = int(i)
+            if i not in self.cache:
+                self.cache[i] = self.tok.decode([i], skip_special_tokens=False)
+            out[i] = self.cache[i]
+        return out
+
+
+# --------------------------------------------------------------------------- step recorder
+
+
+class StepRecorder:
+    """A logits processor that records entropies and top-k at every generation step.
+
+    It receives the raw float32 logits of the step (before temperature and top-p) and
+    keeps, per row: entropy at temperature T and at T=1 (nats), the top-k logprobs at T,
+    and the logprob at T of the token chosen at the previous step.
+    """
+
+    def __init__(self, temperature: float, k: int):
+        self.t = float(temperature)
+        self.k = int(k)
+        self.entropy: list[torch.Tensor] = []
+        self.entropy_t1: list[torch.Tensor] = []
+        self.topk_ids: list[torch.Tensor] = []
+        self.topk_lp: list[torch.Tensor] = []
+        self.chosen_lp: list[torch.Tensor] = []
+        self._prev_logp: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._prev_logp is not None:
+            self.chosen_lp.append(self._prev_logp.gather(1, input_ids[:, -1:]).squeeze(1))
+        z = scores.float()
+        logp_t1 = torch.log_softmax(z, dim=-1)
+        self.entropy_t1.append(_entropy_from_logp(logp_t1))
+        logp = logp_t1 if self.t == 1.0 else torch.log_softmax(z / self.t, dim=-1)
+        self.entropy.append(self.entropy_t1[-1] if self.t == 1.0 else _entropy_from_logp(logp))
+        if self.k:
+            v, i = torch.topk(logp, self.k, dim=-1)
+            self.topk_lp.append(v)
+            self.topk_ids.append(i)
+        self._prev_logp = logp
+        return scores
+
+    def finish(self, sequences: torch.LongTensor) -> None:
+        """Record the last step's chosen token from the finished sequences."""
+        if self._prev_logp is not None and len(self.chosen_lp) < len(self.entropy):
+            self.chosen_lp.append(self._prev_logp.gather(1, sequences[:, -1:]).squeeze(1))
+        self._prev_logp = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """[B, steps] / [B, steps, k] numpy arrays."""
+        stack = lambda xs: torch.stack(xs, dim=1).cpu().numpy()  # noqa: E731
+        out = {"entropy": stack(self.entropy), "entropy_t1": stack(self.entropy_t1),
+               "chosen_lp": stack(self.chosen_lp)}
+        if self.k:
+            out["topk_lp"] = stack(self.topk_lp)
+            out["topk_ids"] = stack(self.topk_ids)
+        return out
+
+
+def _entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype)).sum(-1)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _stop_ids(lm: LoadedModel) -> set[int]:
+    ids = set()
+    eos = lm.model.generation_config.eos_token_id
+    for e in (eos if isinstance(eos, (list, tuple)) else [eos]):
+        if e is not None:
+            ids.add(int(e))
+    if lm.tokenizer.eos_token_id is not None:
+        ids.add(int(lm.tokenizer.eos_token_id))
+    return ids
+
+
+@torch.inference_mode()
+def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], settings: GenerationSettings,
+                   seed: int, vocab: VocabText | None = None,
+                   extra_processors: Sequence = (), stopping_criteria: Sequence = ()) -> list[Trace]:
+    """Generate one completion per prompt (one padded batch) and return the traces."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    tok, model = lm.tokenizer, lm.model
+    encoded = [build_prompt_ids(lm, p.text, settings) for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    rec = StepRecorder(settings.effective_temperature, settings.top_k)
+    torch.manual_seed(seed)
+    gen_kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
+                      pad_token_id=pad, return_dict_in_generate=True)
+    if settings.do_sample:
+        gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    out = model.generate(input_ids=input_ids, attention_mask=attention,
+                         logits_processor=LogitsProcessorList([rec, *extra_processors]),
+                         stopping_criteria=StoppingCriteriaList(list(stopping_criteria)),
+                         **gen_kwargs)
+    seqs = out.sequences
+    rec.finish(seqs)
+    arr = rec.arrays()
+    new = seqs[:, width:].cpu().numpy()
+    stops = _stop_ids(lm)
+    vocab = vocab or VocabText(tok)
+    traces = []
+    for b, p in enumerate(prompts):
+        row = new[b]
+        steps = arr["entropy"].shape[1]
+        n = min(len(row), steps)
+        ends = [i for i in range(n) if int(row[i]) in stops]
+        n = ends[0] + 1 if ends else n  # keep the end-of-sequence token: its entropy is the stop decision
+        ids = row[:n]
+        meta = dict(p.metadata)
+        meta["stopped"] = "eos" if ends else "max_tokens"
+        traces.append(Trace(
+            prompt=p.text, tokens=token_pieces(tok, ids), token_ids=ids,
+            logprobs=arr["chosen_lp"][b, :n].astype(np.float64),
+            topk_ids=arr["topk_ids"][b, :n] if settings.top_k else None,
+            topk_logprobs=arr["topk_lp"][b, :n].astype(np.float64) if settings.top_k else None,
+            entropy_full=arr["entropy"][b, :n].astype(np.float64),
+            entropy_full_t1=arr["entropy_t1"][b, :n].astype(np.float64),
+            marker=settings.marker, metadata=meta))
+    return traces
+
+
+def expand_samples(prompts: Sequence[Prompt], samples: int) -> list[Prompt]:
+    """Each prompt repeated ``samples`` times, with ``sample_idx`` in its metadata."""
+    return [Prompt(p.text, {**p.metadata, "sample_idx": s}) for p in prompts for s in range(samples)]
+
+
+def iter_generate(lm: LoadedModel, prompts: Sequence[Prompt], settings: GenerationSettings,
+                  progress: ProgressFn | None = None, **kwargs) -> Iterator[list[Trace]]:
+    """Generate every prompt x sample in batches; yield each finished batch of traces."""
+    todo = expand_samples(prompts, settings.samples)
+    vocab = VocabText(lm.tokenizer)
+    done = 0
+    if progress:
+        progress(0, len(todo))
+    for start in range(0, len(todo), max(1, settings.batch_size)):
+        chunk = todo[start : start + settings.batch_size]
+        traces = generate_batch(lm, chunk, settings, seed=settings.seed + start, vocab=vocab, **kwargs)
+        done += len(chunk)
+        yield traces
+        if progress:
+            progress(done, len(todo))
+
+
+def vocab_for(lm: LoadedModel, traces: Sequence[Trace], cache: VocabText | None = None) -> dict[int, str]:
+    """Text of every token id used by the traces' top-k alternatives and chosen tokens."""
+    cache = cache or VocabText(lm.tokenizer)
+    ids: set[int] = set()
+    for t in traces:
+        if t.topk_ids is not None:
+            ids.update(np.unique(t.topk_ids).tolist())
+        if t.token_ids is not None:
+            ids.update(np.unique(t.token_ids).tolist())
+    return cache(sorted(ids))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@torch.inference_mode()
+def score_completion(lm: LoadedModel, prompt: str, completion: str, settings: GenerationSettings,
+                     chunk: int = 256, metadata: dict | None = None) -> Trace:
+    """Teacher-force ``completion`` after ``prompt`` and record it as if it were generated.
+
+    The forward pass runs in chunks of ``chunk`` tokens over a KV cache, so the logits held
+    at once are [chunk x vocabulary]. Entropies at ``settings.effective_temperature`` and T=1.
+    """
+    tok, model = lm.tokenizer, lm.model
+    prompt_ids = build_prompt_ids(lm, prompt, settings)
+    comp_ids = tok(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + comp_ids])
+    n_prompt, n = len(prompt_ids), len(comp_ids)
+    rec = StepRecorder(settings.effective_temperature, settings.top_k)
+    past = None
+    # logits at position i predict token i+1: we need positions n_prompt-1 .. n_prompt+n-2
+    pos = 0
+    total = ids.shape[1] - 1 if n else 0
+    while pos < total:
+        end = min(pos + (chunk if pos >= n_prompt else max(n_prompt, 1)), total)
+        out = model(input_ids=ids[:, pos:end], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[0]
+        for j in range(max(pos, n_prompt - 1), end):
+            rec(ids[:, : j + 1], logits[j - pos][None, :])
+        pos = end
+    if n:
+        rec.finish(ids)
+        arr = rec.arrays()
+    comp = np.asarray(comp_ids, dtype=np.int64)
+    empty = np.empty(0)
+    return Trace(
+        prompt=prompt, tokens=token_pieces(tok, comp_ids), token_ids=comp,
+        logprobs=arr["chosen_lp"][0].astype(np.float64) if n else empty,
+        topk_ids=arr["topk_ids"][0] if n and settings.top_k else None,
+        topk_logprobs=arr["topk_lp"][0].astype(np.float64) if n and settings.top_k else None,
+        entropy_full=arr["entropy"][0].astype(np.float64) if n else empty,
+        entropy_full_t1=arr["entropy_t1"][0].astype(np.float64) if n else empty,
+        marker=settings.marker, metadata=dict(metadata or {}))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    n_traces: int
+    n_tokens: int
+    status: str
+    seconds: float
+
+
+def record_run(store, lm: LoadedModel, prompts: Sequence[Prompt], settings: GenerationSettings,
+               name: str, source: str = "generate", progress: ProgressFn | None = None,
+               on_traces: Callable[[list[Trace]], None] | None = None, **kwargs) -> RunResult:
+    """Generate and store a run, one transaction per batch.
+
+    An interruption (KeyboardInterrupt, or any error) keeps every finished batch and marks
+    the run 'interrupted'. ``on_traces`` may modify each batch before it is stored
+    (grading, for instance).
+    """
+    run_id = store.create_run(name, source, lm.name, {**settings.to_dict(), "n_prompts": len(prompts)})
+    vocab = VocabText(lm.tokenizer)
+    n_traces = n_tokens = 0
+    t0 = time.perf_counter()
+    status = "complete"
+    try:
+        for traces in iter_generate(lm, prompts, settings, progress=progress, **kwargs):
+            if on_traces:
+                on_traces(traces)
+            store.add_traces(run_id, traces, vocab_for(lm, traces, vocab))
+            n_traces += len(traces)
+            n_tokens += sum(t.n_tokens for t in traces)
+    except BaseException:
+        status = "interrupted"
+        raise
+    finally:
+        store.finish_run(run_id, status)
+    return RunResult(run_id, n_traces, n_tokens, status, time.perf_counter() - t0)

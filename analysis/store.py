@@ -1,0 +1,593 @@
+"""DuckDB store: schema, bulk transactional writes, queries that return DataFrames.
+
+Concurrency: DuckDB lets one process hold a database file open for writing, and a
+process that holds it excludes every other process. Every connection here is therefore
+short-lived (one query, or one batch of traces in one transaction) and opening retries
+with backoff while another process holds the file, so the CLI can write while the
+dashboard reads, and neither sees a lock error unless the other holds the file for
+longer than ``lock_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import metrics
+from .trace import Trace, TraceError
+
+SCHEMA_VERSION = 1
+ENV_STORE = "THINKSCOPE_STORE"
+DEFAULT_STORE = Path(__file__).resolve().parent.parent / "data" / "store" / "thinkscope.duckdb"
+
+#: estimator -> tokens column
+ENTROPY_COLUMNS = {
+    "full": "entropy_full",
+    "full_t1": "entropy_full_t1",
+    "topk_renorm": "entropy_topk_renorm",
+    "topk_tail": "entropy_topk_tail",
+    "epr": "entropy_epr",
+}
+#: local ids for token texts with no tokenizer id start here, so they never meet real ids
+LOCAL_ID_BASE = 1 << 30
+
+#: trace metadata fields that get their own column (everything else stays in `metadata`)
+TRACE_META_COLUMNS = {
+    "problem_id": "VARCHAR",
+    "question": "VARCHAR",
+    "gold_answer": "VARCHAR",
+    "level": "DOUBLE",
+    "correct": "BOOLEAN",
+    "pred_answer": "VARCHAR",
+    "sample_idx": "INTEGER",
+    "model": "VARCHAR",
+}
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,          -- 'generate', 'score', 'demo', 'upload:<format>', ...
+    model VARCHAR,
+    settings JSON,                    -- generation settings, marker, file name, ...
+    created_at TIMESTAMP NOT NULL,
+    status VARCHAR NOT NULL,          -- 'running', 'complete', 'interrupted', 'failed'
+    content_hash VARCHAR,             -- sha256 of an imported file
+    n_traces INTEGER DEFAULT 0,
+    n_tokens BIGINT DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id BIGINT PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    idx INTEGER NOT NULL,             -- order within the run
+    source_id VARCHAR,
+    prompt VARCHAR,
+    completion VARCHAR,
+    n_tokens INTEGER NOT NULL,
+    boundary INTEGER NOT NULL,        -- first answer token; = n_tokens when there is no answer part
+    estimator VARCHAR NOT NULL,       -- best estimator the numbers allow
+    k INTEGER NOT NULL,               -- number of top-k alternatives recorded
+    {", ".join(f"{c} {t}" for c, t in TRACE_META_COLUMNS.items())},
+    metadata JSON
+);
+CREATE TABLE IF NOT EXISTS trace_stats (
+    trace_id BIGINT NOT NULL,
+    estimator VARCHAR NOT NULL,
+    phase VARCHAR NOT NULL,           -- 'all', 'thinking', 'answer'
+    mean_entropy DOUBLE,              -- nats; sequence entropy (metrics.sequence_entropy)
+    n INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    trace_id BIGINT NOT NULL,
+    pos INTEGER NOT NULL,
+    token_id INTEGER,
+    token VARCHAR,
+    logprob FLOAT,
+    entropy FLOAT,                    -- the trace's best estimator, nats
+    entropy_full FLOAT,
+    entropy_full_t1 FLOAT,
+    entropy_topk_renorm FLOAT,
+    entropy_topk_tail FLOAT,
+    entropy_epr FLOAT,
+    topk_ids INTEGER[],
+    topk_logprobs FLOAT[]
+);
+CREATE TABLE IF NOT EXISTS vocab (run_id INTEGER NOT NULL, token_id INTEGER NOT NULL, text VARCHAR);
+CREATE TABLE IF NOT EXISTS token_layers (
+    trace_id BIGINT NOT NULL,
+    pos INTEGER NOT NULL,
+    lens_entropy FLOAT[],             -- logit-lens entropy per recorded layer, nats
+    lens_top1 INTEGER[],              -- logit-lens top-1 token id per recorded layer
+    attn_entropy FLOAT[],             -- attention entropy per layer, mean over heads, nats
+    attn_entropy_norm FLOAT[],        -- the same divided by ln(pos+1)
+    attn_head_entropy FLOAT[]         -- per head, for the chosen layer
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """A store problem with a message fit to show a user (names the file)."""
+
+
+def default_store_path() -> Path:
+    """The store file: $THINKSCOPE_STORE, else data/store/thinkscope.duckdb in the checkout."""
+    env = os.environ.get(ENV_STORE)
+    return Path(env).expanduser() if env else DEFAULT_STORE
+
+
+_LOCK_RE = re.compile(r"(Could not set lock|Conflicting lock|database is locked|lock on file)", re.I)
+
+
+@dataclass
+class RunInfo:
+    run_id: int
+    name: str
+
+
+class Store:
+    """A DuckDB store file. Cheap to create: connections open per operation."""
+
+    def __init__(self, path: str | os.PathLike | None = None, lock_timeout: float = 60.0):
+        self.path = Path(path).expanduser() if path else default_store_path()
+        self.lock_timeout = lock_timeout
+        self._ready = False
+
+    # ------------------------------------------------------------------ connections
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.Error as e:  # IOException on lock, others on corrupt files
+                msg = str(e)
+                if _LOCK_RE.search(msg):
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"{self.path}: the store is locked by another process for more than "
+                            f"{self.lock_timeout:.0f} s ({msg.splitlines()[0]})") from e
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.25)
+                    continue
+                raise StoreError(f"{self.path}: cannot open the store: {msg.splitlines()[0]}") from e
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection with the schema checked (and created on first use)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._open()
+        try:
+            if not self._ready:
+                self._ensure_schema(con)
+                self._ready = True
+            yield con
+        finally:
+            con.close()
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        has_meta = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()[0]
+        if has_meta:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: the store has schema version {version}, newer than this "
+                    f"thinkscope understands ({SCHEMA_VERSION}); upgrade thinkscope or use another "
+                    f"store (--store / ${ENV_STORE}). Nothing was changed.")
+            if version == SCHEMA_VERSION:
+                return
+        n_tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
+        if not has_meta and n_tables:
+            raise StoreError(f"{self.path}: this DuckDB file is not a thinkscope store "
+                             f"(it has {n_tables} other tables); nothing was changed.")
+        con.execute("BEGIN")
+        con.execute(SCHEMA)
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """Run one read query and return a DataFrame."""
+        with self.connect() as con:
+            return con.execute(sql, params or []).df()
+
+    def version(self) -> int:
+        """A number that changes whenever the file changes (for cache keys)."""
+        total = 0
+        for p in (self.path, Path(str(self.path) + ".wal")):
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                total += st.st_mtime_ns + st.st_size
+        return total
+
+    # ------------------------------------------------------------------ writes
+    def create_run(self, name: str, source: str, model: str | None = None,
+                   settings: dict | None = None, content_hash: str | None = None,
+                   status: str = "running") -> int:
+        """Insert a run row and return its id."""
+        with self.connect() as con:
+            con.execute("BEGIN")
+            run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
+            con.execute(
+                "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, name, source, model, json.dumps(settings or {}, default=str),
+                 datetime.now(timezone.utc).replace(tzinfo=None), status, content_hash])
+            con.execute("COMMIT")
+        return int(run_id)
+
+    def finish_run(self, run_id: int, status: str = "complete") -> None:
+        """Set a run's status and refresh its counts."""
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, "
+                "n_traces = (SELECT count(*) FROM traces WHERE run_id = ?), "
+                "n_tokens = (SELECT coalesce(sum(n_tokens), 0) FROM traces WHERE run_id = ?) "
+                "WHERE run_id = ?", [status, run_id, run_id, run_id])
+
+    def delete_run(self, run_id: int) -> None:
+        """Remove a run and everything in it, in one transaction."""
+        with self.connect() as con:
+            con.execute("BEGIN")
+            for table in ("token_layers", "tokens", "trace_stats"):
+                con.execute(f"DELETE FROM {table} WHERE trace_id IN "
+                            "(SELECT trace_id FROM traces WHERE run_id = ?)", [run_id])
+            con.execute("DELETE FROM traces WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM vocab WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            con.execute("COMMIT")
+
+    def add_traces(self, run_id: int, traces: list[Trace], vocab: dict[int, str] | None = None,
+                   con: duckdb.DuckDBPyConnection | None = None) -> list[int]:
+        """Write a batch of traces to a run in one transaction; return their trace ids.
+
+        ``vocab`` maps the token ids used in ``topk_ids`` to their text (local models).
+        Alternatives given only as text get run-local ids (>= 2**30) and vocab rows.
+        With ``con`` given, the caller owns the transaction (for whole-file imports).
+        """
+        if not traces:
+            return []
+        if con is None:
+            with self.connect() as own:
+                own.execute("BEGIN")
+                try:
+                    ids = self.add_traces(run_id, traces, vocab, con=own)
+                    own.execute("COMMIT")
+                except BaseException:
+                    own.execute("ROLLBACK")
+                    raise
+            return ids
+        first_id, first_idx = con.execute(
+            "SELECT (SELECT coalesce(max(trace_id), 0) + 1 FROM traces), "
+            "(SELECT coalesce(max(idx), -1) + 1 FROM traces WHERE run_id = ?)", [run_id]).fetchone()
+        known = dict(con.execute(
+            "SELECT text, token_id FROM vocab WHERE run_id = ? AND token_id >= ?",
+            [run_id, LOCAL_ID_BASE]).fetchall())
+        known_real = {r[0] for r in con.execute(
+            "SELECT token_id FROM vocab WHERE run_id = ? AND token_id < ?",
+            [run_id, LOCAL_ID_BASE]).fetchall()} if vocab else None
+        batch = build_batch(traces, first_id, first_idx, run_id, vocab, known, known_real)
+        for table, tbl in batch.tables.items():
+            con.register("_batch", tbl)
+            cols = ", ".join(tbl.column_names)
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch")
+            con.unregister("_batch")
+        return batch.trace_ids
+
+    # ------------------------------------------------------------------ queries
+    def runs(self) -> pd.DataFrame:
+        """Every run with its counts and mean sequence entropy (nats, best estimator)."""
+        return self.query("""
+            SELECT r.run_id, r.name, r.source, r.model, r.status, r.created_at,
+                   count(t.trace_id) AS n_traces, coalesce(sum(t.n_tokens), 0) AS n_tokens,
+                   avg(s.mean_entropy) AS mean_entropy, any_value(t.estimator) AS estimator,
+                   r.settings
+            FROM runs r
+            LEFT JOIN traces t USING (run_id)
+            LEFT JOIN trace_stats s ON s.trace_id = t.trace_id AND s.phase = 'all'
+                                   AND s.estimator = t.estimator
+            GROUP BY ALL ORDER BY r.run_id""")
+
+    def traces(self, run_id: int) -> pd.DataFrame:
+        """The traces of a run with their sequence entropies by phase (best estimator)."""
+        return self.query("""
+            SELECT t.*,
+                   max(s.mean_entropy) FILTER (WHERE s.phase = 'all') AS mean_entropy,
+                   max(s.mean_entropy) FILTER (WHERE s.phase = 'thinking') AS mean_entropy_thinking,
+                   max(s.mean_entropy) FILTER (WHERE s.phase = 'answer') AS mean_entropy_answer
+            FROM traces t LEFT JOIN trace_stats s
+              ON s.trace_id = t.trace_id AND s.estimator = t.estimator
+            WHERE t.run_id = ? GROUP BY ALL ORDER BY t.idx""", [run_id])
+
+    def trace(self, trace_id: int) -> pd.Series:
+        df = self.query("SELECT * FROM traces WHERE trace_id = ?", [trace_id])
+        if df.empty:
+            raise StoreError(f"{self.path}: no trace with id {trace_id}")
+        return df.iloc[0]
+
+    def tokens(self, trace_id: int, with_alternatives: bool = True) -> pd.DataFrame:
+        """One row per token of a trace; with the top-k alternatives' text and logprobs."""
+        with self.connect() as con:
+            df = con.execute("SELECT * FROM tokens WHERE trace_id = ? ORDER BY pos", [trace_id]).df()
+            if not with_alternatives or df.empty:
+                return df
+            voc = con.execute("""
+                SELECT v.token_id, v.text FROM vocab v
+                WHERE v.run_id = (SELECT run_id FROM traces WHERE trace_id = ?)
+                  AND v.token_id IN (SELECT DISTINCT unnest(topk_ids) FROM tokens WHERE trace_id = ?)
+                """, [trace_id, trace_id]).fetchall()
+        lookup = dict(voc)
+        df["topk_tokens"] = [
+            [lookup.get(int(i), f"<id {int(i)}>") for i in ids] if ids is not None else []
+            for ids in df["topk_ids"]]
+        return df
+
+    def entropy_column(self, estimator: str) -> str:
+        if estimator == "best":
+            return "entropy"
+        try:
+            return ENTROPY_COLUMNS[estimator]
+        except KeyError:
+            raise StoreError(f"unknown estimator {estimator!r}; known: best, {', '.join(ENTROPY_COLUMNS)}")
+
+    def run_window_entropy(self, run_id: int, estimator: str = "best", w: int = 4) -> np.ndarray:
+        """Window entropy (nats) of every token of a run, computed in SQL.
+
+        Same definition as ``metrics.window_entropy`` (mean over positions t+1..t+w of the
+        same trace, NaN entropies ignored, NaN where no following token); a test proves
+        the two agree.
+        """
+        col = self.entropy_column(estimator)
+        df = self.query(f"""
+            SELECT avg({col}) OVER (PARTITION BY k.trace_id ORDER BY pos
+                                    ROWS BETWEEN 1 FOLLOWING AND {int(w)} FOLLOWING) AS w
+            FROM tokens k JOIN traces t USING (trace_id) WHERE t.run_id = ?
+            ORDER BY k.trace_id, k.pos""", [run_id])
+        return df["w"].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def trace_stats(self, run_ids: Iterable[int] | None = None) -> pd.DataFrame:
+        """Sequence entropy per trace, estimator and phase, with the trace's metadata."""
+        where, params = "", []
+        if run_ids is not None:
+            ids = [int(r) for r in run_ids]
+            where = f"WHERE t.run_id IN ({', '.join('?' * len(ids))})" if ids else "WHERE false"
+            params = ids
+        return self.query(f"""
+            SELECT s.*, t.run_id, t.n_tokens, t.boundary, t.problem_id, t.level, t.correct,
+                   t.sample_idx
+            FROM trace_stats s JOIN traces t USING (trace_id) {where}""", params)
+
+    def find_run_by_hash(self, content_hash: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM runs WHERE content_hash = ?", [content_hash])
+
+    def counts(self) -> dict[str, int]:
+        with self.connect() as con:
+            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("runs", "traces", "tokens")}
+
+
+# ---------------------------------------------------------------------- batch building
+
+
+@dataclass
+class Batch:
+    tables: dict[str, pa.Table]
+    trace_ids: list[int]
+
+
+def _list_array(values: np.ndarray, mask: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    """[T, k] values -> Arrow list array with the masked-out slots dropped (no Python loop)."""
+    counts = mask.sum(axis=1)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    flat = values[mask]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=dtype))
+
+
+def build_batch(traces: list[Trace], first_id: int, first_idx: int, run_id: int,
+                vocab: dict[int, str] | None, known_local: dict[str, int],
+                known_real: set[int] | None = None) -> Batch:
+    """Turn traces into Arrow tables for traces, trace_stats, tokens, vocab, token_layers.
+
+    Per-token work is done once over the whole batch (concatenated arrays), not per trace.
+    """
+    n_t = len(traces)
+    lengths = np.array([t.n_tokens for t in traces], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if n_t else np.empty(0, np.int64)
+    total = int(lengths.sum())
+    trace_ids = list(range(first_id, first_id + n_t))
+    kmax = max((t.k for t in traces), default=0)
+    boundaries = np.array([t.boundary for t in traces], dtype=np.int64)
+
+    # ---- traces table
+    trace_rows: dict[str, list] = {c: [] for c in ("source_id", "prompt", "completion",
+                                                   *TRACE_META_COLUMNS, "metadata")}
+    for tr in traces:
+        meta = dict(tr.metadata)
+        trace_rows["source_id"].append(tr.source_id)
+        trace_rows["prompt"].append(tr.prompt)
+        trace_rows["completion"].append(tr.completion)
+        for c in TRACE_META_COLUMNS:
+            v = meta.pop(c, None)
+            trace_rows[c].append(None if v is None or (isinstance(v, float) and np.isnan(v)) else v)
+        trace_rows["metadata"].append(json.dumps(meta, default=str) if meta else None)
+    traces_tbl = pa.table({
+        "trace_id": pa.array(trace_ids, pa.int64()),
+        "run_id": pa.array([run_id] * n_t, pa.int32()),
+        "idx": pa.array(range(first_idx, first_idx + n_t), pa.int32()),
+        "n_tokens": pa.array(lengths, pa.int32()),
+        "boundary": pa.array(boundaries, pa.int32()),
+        "estimator": pa.array([t.estimator for t in traces], pa.string()),
+        "k": pa.array([t.k for t in traces], pa.int32()),
+        **{c: pa.array(v, type=_arrow_type(c)) for c, v in trace_rows.items()}})
+
+    # ---- per-token arrays over the whole batch
+    def stack(getter, fill, dtype) -> np.ndarray:
+        out = np.full(total, fill, dtype=dtype)
+        for tr, s in zip(traces, starts):
+            v = getter(tr)
+            if v is not None and tr.n_tokens:
+                out[s: s + tr.n_tokens] = v
+        return out
+
+    nan = np.nan
+    ents: dict[str, np.ndarray] = {
+        "full": stack(lambda t: t.entropy_full, nan, np.float64),
+        "full_t1": stack(lambda t: t.entropy_full_t1, nan, np.float64)}
+    has = {"full": np.array([t.entropy_full is not None for t in traces], bool),
+           "full_t1": np.array([t.entropy_full_t1 is not None for t in traces], bool)}
+    ids = np.full((total, kmax), -1, dtype=np.int64)
+    lp = np.full((total, kmax), -np.inf)
+    new_vocab: dict[int, str] = {}
+    next_local = max(known_local.values(), default=LOCAL_ID_BASE - 1) + 1
+    for tr, s in zip(traces, starts):
+        if not tr.k:
+            continue
+        rows = slice(s, s + tr.n_tokens)
+        lp[rows, : tr.k] = tr.topk_logprobs
+        if tr.topk_ids is not None:
+            ids[rows, : tr.k] = tr.topk_ids
+        elif tr.topk_tokens is not None:
+            for r, row in enumerate(tr.topk_tokens):
+                for c, text in enumerate(row[: tr.k]):
+                    if text is None:
+                        continue
+                    local = known_local.get(text)
+                    if local is None:
+                        local = known_local[text] = next_local
+                        new_vocab[next_local] = text
+                        next_local += 1
+                    ids[s + r, c] = local
+    lp = metrics.clean_logprobs(lp) if kmax else lp
+    has_k = np.array([t.k > 0 for t in traces], bool)
+    if kmax:
+        ents.update(metrics.all_topk_entropies(lp))
+    for est in metrics.TOPK_ESTIMATORS:
+        has[est] = has_k
+        if not kmax:
+            ents[est] = np.full(total, nan)
+    mask = (ids >= 0) & np.isfinite(lp)
+
+    best_names = [t.estimator for t in traces]
+    best = np.full(total, nan)
+    for est in ents:
+        sel = np.array([b == est for b in best_names], bool)
+        if sel.any():
+            rowmask = np.repeat(sel, lengths)
+            best[rowmask] = ents[est][rowmask]
+
+    seg = np.repeat(np.arange(n_t), lengths)
+    pos = np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)
+    tokens = pa.table({
+        "trace_id": pa.array(np.repeat(np.asarray(trace_ids, np.int64), lengths)),
+        "pos": pa.array(pos.astype(np.int32)),
+        "token_id": pa.array(stack(lambda t: t.token_ids, -1, np.int32)),
+        "token": pa.array([tok for t in traces for tok in t.tokens], type=pa.string()),
+        "logprob": pa.array(metrics.clean_logprobs(stack(lambda t: t.logprobs, nan, np.float64))
+                            .astype(np.float32)),
+        "entropy": pa.array(best.astype(np.float32), from_pandas=True),
+        **{col: pa.array(ents[est].astype(np.float32), from_pandas=True)
+           for est, col in ENTROPY_COLUMNS.items()},
+        "topk_ids": _list_array(ids.astype(np.int32), mask, pa.int32()),
+        "topk_logprobs": _list_array(lp.astype(np.float32), mask, pa.float32()),
+    })
+
+    # ---- sequence entropy per trace, estimator and phase (metrics.sequence_entropy, vectorised)
+    in_thinking = pos < np.repeat(boundaries, lengths)
+    stat_cols: dict[str, list] = {"trace_id": [], "estimator": [], "phase": [], "mean_entropy": [], "n": []}
+    tid_arr = np.asarray(trace_ids, np.int64)
+    for est, h in ents.items():
+        sel = has[est]
+        if not sel.any():
+            continue
+        ok = ~np.isnan(h)
+        for phase, pm in (("all", np.ones(total, bool)), ("thinking", in_thinking), ("answer", ~in_thinking)):
+            m = ok & pm
+            sums = np.bincount(seg[m], weights=h[m], minlength=n_t)
+            cnts = np.bincount(seg[m], minlength=n_t)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = np.where(cnts > 0, sums / np.maximum(cnts, 1), nan)
+            sizes = np.bincount(seg[pm], minlength=n_t)
+            stat_cols["trace_id"].append(tid_arr[sel])
+            stat_cols["estimator"].extend([est] * int(sel.sum()))
+            stat_cols["phase"].extend([phase] * int(sel.sum()))
+            stat_cols["mean_entropy"].append(means[sel])
+            stat_cols["n"].append(sizes[sel])
+    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.empty(0, dt)  # noqa: E731
+    stats_tbl = pa.table({
+        "trace_id": pa.array(cat(stat_cols["trace_id"], np.int64)),
+        "estimator": pa.array(stat_cols["estimator"], pa.string()),
+        "phase": pa.array(stat_cols["phase"], pa.string()),
+        "mean_entropy": pa.array(cat(stat_cols["mean_entropy"], np.float64), from_pandas=True),
+        "n": pa.array(cat(stat_cols["n"], np.int32))})
+
+    if vocab and kmax:
+        used_ids = np.concatenate([ids[mask], stack(lambda t: t.token_ids, -1, np.int64)])
+        used_ids = used_ids[(used_ids >= 0) & (used_ids < LOCAL_ID_BASE)]
+        if used_ids.size:
+            seen = np.zeros(int(used_ids.max()) + 1, bool)
+            seen[used_ids] = True
+            for i in np.flatnonzero(seen).tolist():
+                if i in vocab and (known_real is None or i not in known_real):
+                    new_vocab[i] = vocab[i]
+
+    tables = {"traces": traces_tbl, "trace_stats": stats_tbl, "tokens": tokens}
+    if new_vocab:
+        tables["vocab"] = pa.table({
+            "run_id": pa.array([run_id] * len(new_vocab), pa.int32()),
+            "token_id": pa.array(list(new_vocab), pa.int32()),
+            "text": pa.array(list(new_vocab.values()), pa.string())})
+    layer_tables = [_layer_table(tid, tr.n_tokens, tr.layers)
+                    for tid, tr in zip(trace_ids, traces) if tr.layers]
+    if layer_tables:
+        tables["token_layers"] = pa.concat_tables(layer_tables, promote_options="default")
+    return Batch(tables, trace_ids)
+
+
+_ARROW_TYPES = {"trace_id": pa.int64(), "run_id": pa.int32(), "idx": pa.int32(), "n_tokens": pa.int32(),
+                "boundary": pa.int32(), "k": pa.int32(), "level": pa.float64(), "correct": pa.bool_(),
+                "sample_idx": pa.int32()}
+
+
+def _arrow_type(col: str) -> pa.DataType:
+    return _ARROW_TYPES.get(col, pa.string())
+
+
+LAYER_FIELDS = {"lens_entropy": pa.float32(), "lens_top1": pa.int32(), "attn_entropy": pa.float32(),
+                "attn_entropy_norm": pa.float32(), "attn_head_entropy": pa.float32()}
+
+
+def _layer_table(trace_id: int, n: int, layers: dict[str, np.ndarray]) -> pa.Table:
+    cols: dict[str, pa.Array] = {"trace_id": pa.array(np.full(n, trace_id, np.int64)),
+                                 "pos": pa.array(np.arange(n, dtype=np.int32))}
+    for name, dtype in LAYER_FIELDS.items():
+        arr = layers.get(name)
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise TraceError(f"layers[{name!r}] has shape {arr.shape}, expected ({n}, L)")
+        flat = pa.array(arr.reshape(-1).astype(dtype.to_pandas_dtype()), type=dtype)
+        cols[name] = pa.FixedSizeListArray.from_arrays(flat, arr.shape[1]).cast(pa.list_(dtype))
+    return pa.table(cols)
+
+
+def json_settings(value: Any) -> dict:
+    """Parse a settings/metadata JSON cell (None -> {})."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return {}
+    return value if isinstance(value, dict) else json.loads(value)
