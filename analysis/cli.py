@@ -1,0 +1,176 @@
+"""The `thinkscope` command line: thin commands over the analysis library.
+
+Errors from bad input print as one line (``thinkscope: error: ...``) with exit code 2.
+Commands are registered by ``register(subparsers)`` functions; each module that adds
+commands is listed in COMMAND_MODULES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import ThinkscopeError
+
+#: modules with a ``register(subparsers)`` function that add their own commands
+COMMAND_MODULES: list[str] = ["analysis.cli"]
+
+
+def _store(args):
+    from .store import Store
+    return Store(args.store)
+
+
+def _progress_bar(desc: str):
+    """A tqdm bar driven by (done, total) callbacks, on stderr."""
+    from tqdm import tqdm
+    state = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=total, desc=desc, unit="trace", file=sys.stderr)
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_generate(args) -> int:
+    from .models import load_model
+    from .problems import ANSWER_CUE, generate_problem_set, read_problems
+    from .record import GenerationSettings, record_run
+
+    settings = GenerationSettings(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
+        samples=args.samples, top_k=args.top_k, do_sample=not args.greedy, batch_size=args.batch_size,
+        marker=args.marker or "</think>", chat_template=not args.no_chat_template)
+    if args.prompts:
+        prompts = [p.to_prompt(instruction=None) for p in read_problems(args.prompts)]
+    else:  # the bundled problems ask for an answer after ANSWER_CUE, which splits the phases
+        prompts = [p.to_prompt() for p in generate_problem_set(per_level=args.per_level, seed=args.seed)]
+        settings.marker = args.marker or ANSWER_CUE
+    if args.limit:
+        prompts = prompts[: args.limit]
+    store = _store(args)
+    print(f"loading model {args.model or 'embedded default'} ...", file=sys.stderr)
+    lm = load_model(args.model)
+    name = args.run_name or f"{Path(args.prompts).stem if args.prompts else 'demo problems'} · {lm.name.split('/')[-1]}"
+    try:
+        res = record_run(store, lm, prompts, settings, name, progress=_progress_bar("generating"))
+    except KeyboardInterrupt:
+        print("\ninterrupted: the finished batches are kept (run marked 'interrupted')", file=sys.stderr)
+        return 130
+    print(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    df = _store(args).runs()
+    if df.empty:
+        print("no runs yet")
+        return 0
+    df = df.drop(columns=["settings"])
+    df["mean_entropy"] = df["mean_entropy"].round(3)
+    print(df.rename(columns={"mean_entropy": "mean_entropy_nats"}).to_string(index=False))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+    path = export_run(_store(args), args.run_id, args.output, args.format)
+    print(f"run {args.run_id} -> {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import load_demo
+    store = _store(args)
+    n = load_demo(store, if_empty=args.if_empty)
+    print(f"demo traces: {n} new run(s) loaded into {store.path}" if n else f"demo traces already in {store.path}")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    env = dict(os.environ)
+    if args.store:
+        env["THINKSCOPE_STORE"] = str(Path(args.store).resolve())
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
+    if args.headless:
+        cmd += ["--server.headless", "true"]
+    return subprocess.call(cmd, env=env, cwd=app.parent.parent)
+
+
+def register(sub) -> None:
+    g = sub.add_parser("generate", help="generate traces with a local model and store them as a run")
+    g.add_argument("--prompts", help="prompt file (.txt, .jsonl, .json, .csv); default: the bundled problems")
+    g.add_argument("--model", help="model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
+    g.add_argument("--samples", type=int, default=1, help="samples per prompt")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--greedy", action="store_true", help="greedy decoding (entropies at T=1)")
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--top-k", type=int, default=20, help="alternatives recorded per token")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--per-level", type=int, default=8, help="bundled problems per difficulty level")
+    g.add_argument("--limit", type=int, help="use only the first N prompts")
+    g.add_argument("--marker", help="end-of-thinking marker for the phase split "
+                   "(default: '</think>'; 'Final answer:' for the bundled problems)")
+    g.add_argument("--no-chat-template", action="store_true")
+    g.add_argument("--run-name")
+    g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("runs", help="list the runs in the store")
+    r.set_defaults(func=cmd_runs)
+
+    e = sub.add_parser("export", help="export a run to Parquet, CSV or JSONL")
+    e.add_argument("run_id", type=int)
+    e.add_argument("output", help="output file; the suffix picks the format")
+    e.add_argument("--format", choices=["parquet", "csv", "jsonl"])
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("demo", help="load the bundled demo traces into the store")
+    d.add_argument("--if-empty", action="store_true", help="only when the store has no runs")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("dashboard", help="start the dashboard (Streamlit)")
+    b.add_argument("--port", type=int, default=8501)
+    b.add_argument("--headless", action="store_true")
+    b.set_defaults(func=cmd_dashboard)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thinkscope", description="Entropy analysis of reasoning traces.")
+    parser.add_argument("--store", help="DuckDB store file (default: $THINKSCOPE_STORE or data/store/thinkscope.duckdb)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    for p in sub.choices.values():  # --store also after the command name
+        p.add_argument("--store", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ThinkscopeError as e:
+        print(f"thinkscope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thinkscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

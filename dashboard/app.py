@@ -1,0 +1,33 @@
+"""thinkscope dashboard: `streamlit run dashboard/app.py` (or `thinkscope dashboard`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
+    sys.path.insert(0, str(ROOT))
+
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+
+#: (file in dashboard/pages, title, icon, url path); the first is the default page
+PAGES = [
+    ("runs.py", "Runs", ":material/table_rows:", "runs"),
+    ("explorer.py", "Trace explorer", ":material/timeline:", "explorer"),
+]
+
+
+def main() -> None:
+    st.set_page_config(page_title="thinkscope", page_icon=":material/insights:", layout="wide")
+    pages = [st.Page(str(PAGES_DIR / f), title=t, icon=i, url_path=u, default=(n == 0))
+             for n, (f, t, i, u) in enumerate(PAGES) if (PAGES_DIR / f).exists()]
+    nav = st.navigation(pages)
+    from dashboard.state import sidebar_store
+    sidebar_store()
+    nav.run()
+
+
+main()
