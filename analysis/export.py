@@ -40,12 +40,13 @@ def run_frame(store: Store, run_id: int) -> tuple[dict, pd.DataFrame]:
     df = store.query(f"""
         SELECT t.idx AS trace_idx, {cols}, k.pos, k.token_id, k.token, k.logprob,
                {", ".join(f"k.{c}" for c in ENTROPY_COLUMNS.values())},
-               k.topk_ids, k.topk_logprobs,
-               list_transform(k.topk_ids, i -> coalesce(
-                   (SELECT v.text FROM vocab v WHERE v.run_id = t.run_id AND v.token_id = i),
-                   '<id ' || i || '>')) AS topk_tokens
+               k.topk_ids, k.topk_logprobs
         FROM traces t JOIN tokens k USING (trace_id)
         WHERE t.run_id = ? ORDER BY t.idx, k.pos""", [run_id])
+    vocab = dict(store.query("SELECT token_id, text FROM vocab WHERE run_id = ?", [run_id])
+                 .itertuples(index=False, name=None))
+    df["topk_tokens"] = [None if ids is None else [vocab.get(int(i), f"<id {int(i)}>") for i in ids]
+                         for ids in df["topk_ids"]]
     empty = store.query("SELECT idx FROM traces WHERE run_id = ? AND n_tokens = 0", [run_id])
     if not empty.empty:  # traces without tokens still travel, as one row with pos NULL
         extra = store.query(f"""SELECT t.idx AS trace_idx, {cols} FROM traces t

@@ -120,6 +120,11 @@ CREATE TABLE IF NOT EXISTS token_layers (
 """
 
 
+def _py(params: list | None) -> list:
+    """Query parameters as plain Python values (DuckDB does not bind numpy scalars)."""
+    return [p.item() if isinstance(p, np.generic) else p for p in (params or [])]
+
+
 class StoreError(ThinkscopeError):
     """A store problem with a message fit to show a user (names the file)."""
 
@@ -204,7 +209,7 @@ class Store:
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """Run one read query and return a DataFrame."""
         with self.connect() as con:
-            return con.execute(sql, params or []).df()
+            return con.execute(sql, _py(params)).df()
 
     def version(self) -> int:
         """A number that changes whenever the file changes (for cache keys)."""
@@ -233,6 +238,7 @@ class Store:
 
     def finish_run(self, run_id: int, status: str = "complete") -> None:
         """Set a run's status and refresh its counts."""
+        run_id = int(run_id)
         with self.connect() as con:
             con.execute(
                 "UPDATE runs SET status = ?, "
@@ -242,6 +248,7 @@ class Store:
 
     def delete_run(self, run_id: int) -> None:
         """Remove a run and everything in it, in one transaction."""
+        run_id = int(run_id)
         with self.connect() as con:
             con.execute("BEGIN")
             for table in ("token_layers", "tokens", "trace_stats"):
@@ -262,6 +269,7 @@ class Store:
         """
         if not traces:
             return []
+        run_id = int(run_id)
         if con is None:
             with self.connect() as own:
                 own.execute("BEGIN")
@@ -323,6 +331,7 @@ class Store:
     def tokens(self, trace_id: int, with_alternatives: bool = True) -> pd.DataFrame:
         """One row per token of a trace; with the top-k alternatives' text and logprobs."""
         with self.connect() as con:
+            trace_id = int(trace_id)
             df = con.execute("SELECT * FROM tokens WHERE trace_id = ? ORDER BY pos", [trace_id]).df()
             if not with_alternatives or df.empty:
                 return df

@@ -17,6 +17,7 @@ PAGES_DIR = Path(__file__).resolve().parent / "pages"
 PAGES = [
     ("runs.py", "Runs", ":material/table_rows:", "runs"),
     ("explorer.py", "Trace explorer", ":material/timeline:", "explorer"),
+    ("generate.py", "Generate", ":material/play_circle:", "generate"),
 ]
 
 

@@ -82,3 +82,12 @@ def select_run(key: str, df: pd.DataFrame | None = None) -> int | None:
     run_id = st.selectbox("Run", ids, index=index, format_func=labels.get, key=key)
     st.session_state["selected.run_id"] = run_id
     return run_id
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def trace_stats_all(path: str, version: int) -> pd.DataFrame:
+    """Sequence entropy (phase 'all', each trace's best estimator) of every trace."""
+    return Store(path).query("""
+        SELECT t.run_id, t.trace_id, s.estimator, s.mean_entropy
+        FROM traces t JOIN trace_stats s ON s.trace_id = t.trace_id
+             AND s.estimator = t.estimator AND s.phase = 'all'""")

@@ -1,0 +1,61 @@
+"""Runs: every run in the store, with its model, source, counts and mean entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis.store import json_settings
+from dashboard import charts, state
+
+st.title("Runs")
+st.caption("Every run in the store: traces generated here, uploaded trace files and the demo traces.")
+
+runs = state.cached(state.runs)
+if runs.empty:
+    st.info("The store has no runs yet. Load the demo traces with `thinkscope demo`, generate with "
+            "`thinkscope generate`, or upload a trace file.")
+    st.stop()
+
+unit = state.unit()
+table = pd.DataFrame({
+    "run": runs["run_id"],
+    "name": runs["name"],
+    "source": runs["source"],
+    "model": runs["model"],
+    "status": runs["status"],
+    "traces": runs["n_traces"].astype(int),
+    "tokens": runs["n_tokens"].astype(int),
+    f"mean entropy ({unit})": state.convert(runs["mean_entropy"].astype(float)),
+    "estimator": runs["estimator"],
+    "created (UTC)": runs["created_at"],
+})
+st.dataframe(table, hide_index=True, use_container_width=True,
+             column_config={f"mean entropy ({unit})": st.column_config.NumberColumn(format="%.3f")})
+st.caption("Mean entropy: the mean over a run's traces of the sequence entropy (mean token entropy of "
+           "the completion), with each trace's best estimator: `full` for local models, `topk_renorm` "
+           "for top-k logprob dumps.")
+
+stats = state.cached(state.trace_stats_all)
+if not stats.empty:
+    st.subheader("Sequence entropy per trace")
+    labels = {r.run_id: f"#{r.run_id} {r.name}"[:40] for r in runs.itertuples()}
+    stats = stats.assign(label=stats["run_id"].map(labels), value=state.convert(stats["mean_entropy"]))
+    st.plotly_chart(charts.run_entropy_box(stats, unit), use_container_width=True)
+
+with st.expander("Run details and settings"):
+    run_id = st.selectbox("Run", runs["run_id"].tolist(), index=len(runs) - 1,
+                          format_func=lambda r: state.run_label(runs.loc[runs.run_id == r].iloc[0]),
+                          key="runs.detail")
+    st.json(json_settings(runs.loc[runs.run_id == run_id, "settings"].iloc[0]))
+    c1, c2 = st.columns(2)
+    if c1.button("Open in the trace explorer", key="runs.open"):
+        st.session_state["selected.run_id"] = run_id
+        st.switch_page("pages/explorer.py")
+    with c2.popover("Delete run"):
+        st.write("This removes the run and all its traces from the store.")
+        if st.button("Delete for good", type="primary", key="runs.delete"):
+            state.store().delete_run(int(run_id))
+            st.cache_data.clear()
+            st.rerun()
