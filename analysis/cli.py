@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import ThinkscopeError
 
 #: modules with a ``register(subparsers)`` function that add their own commands
-COMMAND_MODULES: list[str] = ["analysis.cli"]
+COMMAND_MODULES: list[str] = ["analysis.cli", "analysis.formats.cli", "analysis.cli_difficulty"]
 
 
 def _store(args):
@@ -51,8 +51,14 @@ def cmd_generate(args) -> int:
     settings = GenerationSettings(
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
         samples=args.samples, top_k=args.top_k, do_sample=not args.greedy, batch_size=args.batch_size,
-        marker=args.marker or "</think>", chat_template=not args.no_chat_template)
-    if args.prompts:
+        marker=args.marker or "</think>", chat_template=not args.no_chat_template,
+        logit_lens=args.logit_lens, lens_every=args.lens_every,
+        attention_entropy=args.attention_entropy, head_layer=args.head_layer)
+    if args.problems:  # graded: a bundled set or a problem file (analysis.cli_difficulty)
+        from .cli_difficulty import problem_prompts
+        prompts = problem_prompts(args.problems)
+        settings.marker = args.marker or ANSWER_CUE
+    elif args.prompts:
         prompts = [p.to_prompt(instruction=None) for p in read_problems(args.prompts)]
     else:  # the bundled problems ask for an answer after ANSWER_CUE, which splits the phases
         prompts = [p.to_prompt() for p in generate_problem_set(per_level=args.per_level, seed=args.seed)]
@@ -62,7 +68,11 @@ def cmd_generate(args) -> int:
     store = _store(args)
     print(f"loading model {args.model or 'embedded default'} ...", file=sys.stderr)
     lm = load_model(args.model)
-    name = args.run_name or f"{Path(args.prompts).stem if args.prompts else 'demo problems'} · {lm.name.split('/')[-1]}"
+    source = args.problems or args.prompts
+    name = args.run_name or f"{Path(source).stem if source else 'demo problems'} · {lm.name.split('/')[-1]}"
+    if args.problems or args.early_stop:
+        from .cli_difficulty import generate_graded
+        return generate_graded(args, store, lm, prompts, settings, name, _progress_bar("generating"))
     try:
         res = record_run(store, lm, prompts, settings, name, progress=_progress_bar("generating"))
     except KeyboardInterrupt:
@@ -126,6 +136,21 @@ def register(sub) -> None:
     g.add_argument("--marker", help="end-of-thinking marker for the phase split "
                    "(default: '</think>'; 'Final answer:' for the bundled problems)")
     g.add_argument("--no-chat-template", action="store_true")
+    g.add_argument("--logit-lens", action="store_true",
+                   help="record the logit-lens entropy and top-1 token per layer (one extra forward pass per trace)")
+    g.add_argument("--lens-every", type=int, default=1, metavar="N",
+                   help="with --logit-lens, keep every N-th layer (the last layer is always kept)")
+    g.add_argument("--attention-entropy", action="store_true",
+                   help="record attention entropy per layer (mean over heads, raw and / ln(t+1))")
+    g.add_argument("--head-layer", type=int, metavar="L",
+                   help="with --attention-entropy, the layer (1-based) whose per-head entropy is kept "
+                   "(default: the middle layer)")
+    g.add_argument("--problems", metavar="SET",
+                   help="a bundled problem set (e.g. 'arithmetic') or a problem file with gold answers: "
+                   "grades every trace and records pass rates per level")
+    g.add_argument("--early-stop", metavar="CONFIG",
+                   help="early-stop settings JSON (dashboard export or `thinkscope calibrate`): stop on entropy "
+                   "inside generation, force the answer, record the tokens saved")
     g.add_argument("--run-name")
     g.set_defaults(func=cmd_generate)
 

@@ -75,131 +75,70 @@ def export_run(store: Store, run_id: int, path: str | Path, fmt: str | None = No
     elif fmt == "jsonl":
         with path.open("w", encoding="utf-8") as f:
             f.write(json.dumps({"thinkscope_run": info}, default=str) + "\n")
-            for trace in traces_from_frame(df):
-                f.write(json.dumps(trace_to_json(trace), allow_nan=True) + "\n")
+            for record in trace_records(df):
+                f.write(json.dumps(record, allow_nan=True, default=float) + "\n")
     else:
         raise StoreError(f"{path}: unknown export format {fmt!r}; use parquet, csv or jsonl")
     return path
 
 
 # --------------------------------------------------------------------------- back to traces
+# Reading an export back goes through the trace-file readers (analysis.formats), which keep
+# real tokenizer ids of the alternatives and the stored entropies, so that export -> import
+# -> export gives the same file contents, and which import atomically.
 
 
-def _none_if_nan(v):
-    if v is None:
+def _json_value(v):
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
         return None
-    if isinstance(v, float) and np.isnan(v):
-        return None
-    if v is pd.NA or v is pd.NaT:
-        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
     return v
+
+
+def trace_records(df: pd.DataFrame) -> Iterator[dict]:
+    """One JSON-able dict per trace of a ``run_frame``: its fields, then one list per token column."""
+    token_cols = [c for c in TOKEN_FIELDS if c in df.columns and c != "pos"]
+    for _, g in df.groupby("trace_idx", sort=True):
+        first = g.iloc[0]
+        g = g[g["pos"].notna()]
+        rec = {c: _json_value(first.get(c)) for c in TRACE_FIELDS if c != "metadata"}
+        rec["metadata"] = json_settings(_json_value(first.get("metadata")))
+        for c in token_cols:
+            rec[c] = [_json_value(v) for v in g[c]]
+        yield rec
 
 
 def traces_from_frame(df: pd.DataFrame, where: str = "export") -> Iterator[Trace]:
     """Rebuild traces from a one-row-per-token frame in the export layout."""
+    from .formats.tables import export_trace
     missing = [c for c in ("trace_idx", "token", "logprob") if c not in df.columns]
     if missing:
         raise TraceError(f"{where}: missing column(s) {', '.join(missing)}")
+    vocab: dict[int, str] = {}
     for _, g in df.groupby("trace_idx", sort=True):
-        g = g[g["pos"].notna()] if "pos" in g.columns else g
-        first = df.loc[g.index[0]] if len(g) else df[df["trace_idx"] == _].iloc[0]
-        if "pos" in g.columns and len(g):
-            g = g.sort_values("pos")
-        n = len(g)
-        meta = json_settings(_none_if_nan(first.get("metadata")))
-        for c in TRACE_META_COLUMNS:
-            v = _none_if_nan(first.get(c)) if c in df.columns else None
-            if v is not None:
-                meta[c] = v.item() if hasattr(v, "item") else v
-        ids = lp = toks = None
-        if "topk_logprobs" in g.columns and n:
-            rows_lp = [list(v) if v is not None and not (isinstance(v, float)) else [] for v in g["topk_logprobs"]]
-            k = max((len(r) for r in rows_lp), default=0)
-            if k:
-                lp = np.full((n, k), -np.inf)
-                for i, r in enumerate(rows_lp):
-                    lp[i, : len(r)] = r
-                rows_tok = [list(v) if v is not None and not isinstance(v, float) else []
-                            for v in g.get("topk_tokens", [None] * n)]
-                toks = [r + [None] * (k - len(r)) for r in rows_tok]
-        ent = {}
-        for est, col in ENTROPY_COLUMNS.items():
-            if col in g.columns and n and g[col].notna().any():
-                ent[est] = g[col].to_numpy(dtype=np.float64, na_value=np.nan)
-        boundary = _none_if_nan(first.get("boundary"))
-        token_ids = g["token_id"].to_numpy(dtype=np.int64) if "token_id" in g.columns and n else None
-        if token_ids is not None and (token_ids < 0).all():
-            token_ids = None
-        yield Trace(
-            prompt=_none_if_nan(first.get("prompt")) or "",
-            tokens=[str(t) if t is not None else "" for t in g["token"]],
-            logprobs=g["logprob"].to_numpy(dtype=np.float64, na_value=np.nan),
-            token_ids=token_ids, topk_tokens=toks, topk_logprobs=lp,
-            entropy_full=ent.get("full"), entropy_full_t1=ent.get("full_t1"),
-            boundary=int(boundary) if boundary is not None else None,
-            source_id=_none_if_nan(first.get("source_id")), metadata=meta)
-
-
-def trace_to_json(t: Trace) -> dict:
-    """One trace as a JSON-able dict in the export layout (columns as lists)."""
-    d = {"source_id": t.source_id, "prompt": t.prompt, "boundary": t.boundary,
-         "metadata": t.metadata, "token": t.tokens, "logprob": t.logprobs.tolist(),
-         "token_id": t.token_ids.tolist() if t.token_ids is not None else None}
-    if t.entropy_full is not None:
-        d["entropy_full"] = t.entropy_full.tolist()
-    if t.entropy_full_t1 is not None:
-        d["entropy_full_t1"] = t.entropy_full_t1.tolist()
-    if t.k:
-        finite = np.isfinite(t.topk_logprobs)
-        d["topk_logprobs"] = [row[m].tolist() for row, m in zip(t.topk_logprobs, finite)]
-        d["topk_tokens"] = [[x for x, ok in zip(row, m) if ok] for row, m in zip(t.topk_tokens, finite)]
-    return d
+        yield export_trace(g, vocab)
 
 
 def read_export(path: str | Path) -> tuple[dict, list[Trace]]:
-    """(run info, traces) from a file written by ``export_run``."""
+    """(run info, traces) from a file written by ``export_run`` (Parquet, CSV or JSON Lines)."""
+    from .formats.base import Context, Problems
+    from .formats.detect import detect
+    from .formats.tables import EXPORT, export_info, export_traces
+
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        table = pq.read_table(path)
-        meta = (table.schema.metadata or {}).get(b"thinkscope_run")
-        if meta is None:
-            raise TraceError(f"{path.name}: a Parquet file without thinkscope run metadata")
-        return json.loads(meta), list(traces_from_frame(table.to_pandas(), path.name))
-    if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            head = json.loads(f.readline())
-            if "thinkscope_run" not in head:
-                raise TraceError(f"{path.name} line 1: expected a thinkscope_run header")
-            traces = []
-            for lineno, line in enumerate(f, 2):
-                d = json.loads(line)
-                lp = d.get("topk_logprobs")
-                k = max((len(r) for r in lp), default=0) if lp else 0
-                arr = toks = None
-                if k:
-                    arr = np.full((len(lp), k), -np.inf)
-                    for i, r in enumerate(lp):
-                        arr[i, : len(r)] = r
-                    toks = [r + [None] * (k - len(r)) for r in d["topk_tokens"]]
-                traces.append(Trace(
-                    prompt=d["prompt"], tokens=d["token"], logprobs=np.asarray(d["logprob"], dtype=np.float64),
-                    token_ids=d.get("token_id"), topk_tokens=toks, topk_logprobs=arr,
-                    entropy_full=d.get("entropy_full"), entropy_full_t1=d.get("entropy_full_t1"),
-                    boundary=d.get("boundary"), source_id=d.get("source_id"), metadata=d.get("metadata") or {}))
-            return head["thinkscope_run"], traces
-    raise TraceError(f"{path.name}: not a thinkscope export (.parquet or .jsonl)")
+    d = detect(path)
+    if d.format != EXPORT:
+        raise TraceError(f"{path.name}: not a thinkscope export (detected {d.format or 'no known format'})")
+    pr = Problems(path.name)
+    traces = list(export_traces(path, Context(problems=pr), container=d.container))
+    pr.raise_if_any()
+    return export_info(path, d.container), traces
 
 
 def import_export(store: Store, path: str | Path, name: str | None = None) -> int:
-    """Store a thinkscope export as a new run (one transaction); return the run id."""
-    info, traces = read_export(path)
-    run_id = store.create_run(name or info.get("name") or Path(path).stem, info.get("source") or "import",
-                              info.get("model"), info.get("settings"), status="running")
-    try:
-        store.add_traces(run_id, traces)
-    except BaseException:
-        store.delete_run(run_id)
-        raise
-    store.finish_run(run_id)
-    return run_id
+    """Store a thinkscope export as a new run, atomically; return the run id."""
+    from .formats import ingest_file
+    return ingest_file(store, path, format=FORMAT_NAME, run_name=name, allow_duplicate=True).run_id

@@ -36,6 +36,11 @@ class GenerationSettings:
     system_prompt: str | None = None
     batch_size: int = 8
     marker: str = "</think>"
+    # opt-in per-layer records (analysis.layers): they cost one extra forward pass per trace
+    logit_lens: bool = False
+    lens_every: int = 1             # keep every n-th layer's logit lens (the last always)
+    attention_entropy: bool = False
+    head_layer: int | None = None   # layer (1-based) whose per-head attention entropy is kept
 
     @property
     def effective_temperature(self) -> float:
@@ -235,7 +240,21 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], settings: Generat
             entropy_full=arr["entropy"][b, :n].astype(np.float64),
             entropy_full_t1=arr["entropy_t1"][b, :n].astype(np.float64),
             marker=settings.marker, metadata=meta))
+    _attach_layers(lm, traces, encoded, settings)
     return traces
+
+
+def _attach_layers(lm: LoadedModel, traces: Sequence[Trace], prompt_ids: Sequence[Sequence[int]],
+                   settings: GenerationSettings) -> None:
+    """Per-layer arrays (logit lens, attention entropy) when the settings ask for them."""
+    from .layers import LayerOptions, attach_layers, find_lens_parts
+
+    options = LayerOptions.from_settings(settings)
+    if not options.enabled:
+        return
+    parts = find_lens_parts(lm.model)
+    for trace, ids in zip(traces, prompt_ids):
+        attach_layers(lm.model, trace, ids, options, parts)
 
 
 def expand_samples(prompts: Sequence[Prompt], samples: int) -> list[Prompt]:
@@ -269,7 +288,10 @@ def vocab_for(lm: LoadedModel, traces: Sequence[Trace], cache: VocabText | None 
             ids.update(np.unique(t.topk_ids).tolist())
         if t.token_ids is not None:
             ids.update(np.unique(t.token_ids).tolist())
-    return cache(sorted(ids))
+        if t.layers and t.layers.get("lens_top1") is not None:  # hover text of the logit lens
+            top1 = np.unique(t.layers["lens_top1"])
+            ids.update(top1[top1 >= 0].tolist())
+    return cache(sorted(i for i in ids if i >= 0))  # -1 marks an empty top-k slot
 
 
 # --------------------------------------------------------------------------- scoring
@@ -306,7 +328,7 @@ def score_completion(lm: LoadedModel, prompt: str, completion: str, settings: Ge
         arr = rec.arrays()
     comp = np.asarray(comp_ids, dtype=np.int64)
     empty = np.empty(0)
-    return Trace(
+    trace = Trace(
         prompt=prompt, tokens=token_pieces(tok, comp_ids), token_ids=comp,
         logprobs=arr["chosen_lp"][0].astype(np.float64) if n else empty,
         topk_ids=arr["topk_ids"][0] if n and settings.top_k else None,
@@ -314,6 +336,8 @@ def score_completion(lm: LoadedModel, prompt: str, completion: str, settings: Ge
         entropy_full=arr["entropy"][0].astype(np.float64) if n else empty,
         entropy_full_t1=arr["entropy_t1"][0].astype(np.float64) if n else empty,
         marker=settings.marker, metadata=dict(metadata or {}))
+    _attach_layers(lm, [trace], [prompt_ids], settings)
+    return trace
 
 
 # --------------------------------------------------------------------------- runs

@@ -37,6 +37,9 @@ class Trace:
     source_id: str | None = None              # id in the source file (custom_id, response id, ...)
     metadata: dict[str, Any] = field(default_factory=dict)  # problem_id, gold, level, correct, ...
     layers: dict[str, np.ndarray] | None = None  # per-layer arrays [T, L] (logit lens, attention)
+    # top-k estimates already computed (estimator -> [T] nats), kept instead of recomputing them
+    # from the stored float32 logprobs, so that re-importing an export gives identical values
+    entropy_topk: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
@@ -65,6 +68,11 @@ class Trace:
                 if v.shape != (n,):
                     raise TraceError(f"{name} has shape {v.shape}, expected ({n},)")
                 setattr(self, name, v)
+        if self.entropy_topk:
+            self.entropy_topk = {e: np.asarray(v, dtype=np.float64) for e, v in self.entropy_topk.items()}
+            for e, v in self.entropy_topk.items():
+                if v.shape != (n,):
+                    raise TraceError(f"entropy_topk[{e!r}] has shape {v.shape}, expected ({n},)")
         if self.boundary is None:
             self.boundary = metrics.phase_boundary(self.tokens, self.marker)
         if not 0 <= self.boundary <= n:

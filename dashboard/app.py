@@ -18,6 +18,10 @@ PAGES = [
     ("runs.py", "Runs", ":material/table_rows:", "runs"),
     ("explorer.py", "Trace explorer", ":material/timeline:", "explorer"),
     ("generate.py", "Generate", ":material/play_circle:", "generate"),
+    ("upload.py", "Upload", ":material/upload_file:", "upload"),
+    ("difficulty.py", "Difficulty (U-shape)", ":material/signal_cellular_alt:", "difficulty"),
+    ("early_stop.py", "Early stopping", ":material/timer:", "early-stop"),
+    ("layers.py", "Layers", ":material/stacks:", "layers"),
 ]
 
 

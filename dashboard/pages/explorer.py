@@ -107,7 +107,7 @@ m[4].metric("Forking points", f"{len(forks)}", help=f"window entropy ≥ τ = {s
 fig = charts.entropy_curve(tokens, state.convert(h), state.convert(win),
                            float(state.convert(tau)) if np.isfinite(tau) else None,
                            forks, unit, estimator, w, boundary)
-st.plotly_chart(fig, use_container_width=True, key="explorer.curve")
+st.plotly_chart(fig, width="stretch", key="explorer.curve")
 if boundary < n:
     st.caption(f"Thinking: tokens 0–{boundary - 1}; answer: tokens {boundary}–{n - 1} "
                f"(split after the marker).")
@@ -147,13 +147,13 @@ else:
                      f"window entropy ({unit})": float(state.convert(win[f])),
                      f"token entropy ({unit})": float(state.convert(h[f])),
                      "context": (text[max(0, a - 40):a] + "⟦" + text[a:b] + "⟧" + text[b:b + 60]).replace("\n", " ")})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 st.caption(f"Estimator: {estimator} — {metrics.ESTIMATORS[estimator]}.")
 
 if len(available) > 1 and "full" in available:
     with st.expander("How much do top-k estimators miss? (this trace, token by token)"):
         cmp = pd.DataFrame({e: state.convert(tok[ENTROPY_COLUMNS[e]].to_numpy(dtype=float, na_value=np.nan))
                             for e in available})
-        st.plotly_chart(charts.estimator_comparison(cmp, unit), use_container_width=True)
+        st.plotly_chart(charts.estimator_comparison(cmp, unit), width="stretch")
         k = int(row.k)
         st.caption(f"Top-{k} estimators against the full entropy; points below y = x underestimate.")

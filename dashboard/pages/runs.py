@@ -31,7 +31,7 @@ table = pd.DataFrame({
     "estimator": runs["estimator"],
     "created (UTC)": runs["created_at"],
 })
-st.dataframe(table, hide_index=True, use_container_width=True,
+st.dataframe(table, hide_index=True, width="stretch",
              column_config={f"mean entropy ({unit})": st.column_config.NumberColumn(format="%.3f")})
 st.caption("Mean entropy: the mean over a run's traces of the sequence entropy (mean token entropy of "
            "the completion), with each trace's best estimator: `full` for local models, `topk_renorm` "
@@ -42,7 +42,7 @@ if not stats.empty:
     st.subheader("Sequence entropy per trace")
     labels = {r.run_id: f"#{r.run_id} {r.name}"[:40] for r in runs.itertuples()}
     stats = stats.assign(label=stats["run_id"].map(labels), value=state.convert(stats["mean_entropy"]))
-    st.plotly_chart(charts.run_entropy_box(stats, unit), use_container_width=True)
+    st.plotly_chart(charts.run_entropy_box(stats, unit), width="stretch")
 
 with st.expander("Run details and settings"):
     run_id = st.selectbox("Run", runs["run_id"].tolist(), index=len(runs) - 1,

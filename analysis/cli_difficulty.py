@@ -1,0 +1,184 @@
+"""CLI commands for grading, difficulty and early stopping (registered in analysis.cli).
+
+    thinkscope grade RUN [--rule auto|boxed|hash|...] [--regex R] [--rel-tol x] [--abs-tol x]
+    thinkscope difficulty RUN [RUN2] [--axis level|pass_rate] [--estimator full] [--phase all]
+    thinkscope calibrate RUN --out CONFIG.json [--mode streaming|gate] [--n-calib 20] [--use tau_info]
+
+and the graded / early-stopped generation that ``thinkscope generate --problems SET
+[--early-stop CONFIG]`` runs (``generate_graded``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import ThinkscopeError
+
+
+def _store(args):
+    from .store import Store
+    return Store(args.store)
+
+
+MC_INSTRUCTION = "Think step by step, then write 'Final answer:' followed by the letter of your choice."
+
+
+def problem_prompts(set_name: str) -> list:
+    """Prompts for a bundled set or a problem file (every problem needs a gold answer); multiple
+    choice problems ask for a letter, the others for the answer after 'Final answer:'."""
+    from .grading import is_choice
+    from .problems import INSTRUCTION, load_problem_set
+    return [p.to_prompt(MC_INSTRUCTION if is_choice(p.gold_answer) else INSTRUCTION)
+            for p in load_problem_set(set_name)]
+
+
+def generate_graded(args, store, lm, prompts, settings, name: str, progress) -> int:
+    """Generate (with early stopping when ``args.early_stop`` names a config), grade every
+    trace, store pass rates per level in the run's settings and print them."""
+    import pandas as pd
+
+    from .grading import GradingRule, grade_traces, pass_rates
+    from .record import record_run
+
+    rule = GradingRule(getattr(args, "grade_rule", None) or "auto", getattr(args, "grade_regex", None))
+    graded = args.problems is not None
+    on_traces = (lambda ts: grade_traces(ts, rule)) if graded else None
+    rows: list[dict] = []
+
+    def collect(traces):
+        if on_traces:
+            on_traces(traces)
+        rows.extend({"level": t.metadata.get("level"), "correct": t.metadata.get("correct"),
+                     "early": "early_stop" in t.metadata} for t in traces)
+
+    try:
+        if args.early_stop:
+            from .early_stop import load_config, record_run_early_stop
+            cfg = load_config(args.early_stop)
+            res, summary = record_run_early_stop(store, lm, prompts, settings, name, cfg, on_traces=collect,
+                                                 progress=progress)
+        else:
+            res, summary = record_run(store, lm, prompts, settings, name, progress=progress,
+                                      on_traces=collect), None
+    except KeyboardInterrupt:
+        print("\ninterrupted: the finished batches are kept (run marked 'interrupted')", file=sys.stderr)
+        return 130
+    print(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
+    if summary:
+        print(f"early stop: {summary['stopped_early']} of {summary['traces']} traces stopped; "
+              f"{summary['budget_saved']} of {summary['budget']} budget tokens left unused "
+              "(an upper bound on tokens saved; compare with a run without --early-stop for the real saving)")
+    if graded and rows:
+        df = pd.DataFrame(rows)
+        table = pass_rates(df.assign(level=df["level"].fillna(-1)), "level")
+        store.merge_settings(res.run_id, {"grading": rule.to_dict(), "pass_rates": [
+            {"level": None if r.level == -1 else float(r.level), "n": int(r.n), "graded": int(r.graded),
+             "correct": int(r.correct), "pass_rate": None if pd.isna(r.pass_rate) else float(r.pass_rate)}
+            for r in table.itertuples()]})
+        print(format_pass_rates(table))
+    return 0
+
+
+def format_pass_rates(table) -> str:
+    lines = ["level  traces  graded  correct  pass rate"]
+    for r in table.itertuples():
+        lv = "-" if r.level == -1 else f"{r.level:g}"
+        pr = "n/a" if r.pass_rate != r.pass_rate else f"{100 * r.pass_rate:.0f}%"
+        lines.append(f"{lv:>5}  {r.n:>6}  {r.graded:>6}  {r.correct:>7}  {pr:>9}")
+    return "\n".join(lines)
+
+
+def cmd_grade(args) -> int:
+    from .grading import GradingRule, regrade_run
+    rule = GradingRule(args.rule, args.regex, args.rel_tol, args.abs_tol)
+    c = regrade_run(_store(args), args.run_id, rule)
+    acc = "n/a" if c["accuracy"] != c["accuracy"] else f"{100 * c['accuracy']:.1f}%"
+    print(f"run {args.run_id} re-graded ({args.rule}): {c['correct']} correct, {c['wrong']} wrong, "
+          f"{c['ungraded']} ungraded; accuracy {acc} of graded")
+    return 0
+
+
+def cmd_difficulty(args) -> int:
+    from . import difficulty as dif
+    store = _store(args)
+    stats = store.trace_stats(args.run_ids)
+    if stats.empty:
+        raise ThinkscopeError(f"no traces in run(s) {', '.join(map(str, args.run_ids))}")
+    edges = tuple(float(x) for x in args.edges.split(",")) if args.edges else None
+    _, s = dif.difficulty_table(stats, args.estimator, args.phase, dif.Binning(args.axis, edges))
+    cols = ["run_id", "bin", "count", "mean_entropy", "ci_low", "ci_high", "accuracy", "mean_tokens"]
+    print(f"mean sequence entropy (nats, {args.estimator}, phase {args.phase}) per difficulty bin, 95% t-interval")
+    print(s[cols].round(4).to_string(index=False))
+    for rid in args.run_ids:
+        u = dif.u_shape(s, rid)
+        verdict = {True: "U-shape", False: "no U-shape", None: "no verdict"}[u.u_shape]
+        print(f"run {rid}: {u.easy} -> {u.medium} entropy change {u.change_pct:+.1f}%; {verdict}"
+              + (f" ({'; '.join(u.notes)})" if u.notes else ""))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import numpy as np
+
+    from . import early_stop as es
+    store = _store(args)
+    rt = es.load_run_tokens(store, args.run_id, args.estimator)
+    graded = np.flatnonzero(~np.isnan(rt.correct))
+    if graded.size < 2:
+        raise ThinkscopeError(f"run {args.run_id} has {graded.size} graded traces; grade it first")
+    calib = np.zeros(rt.n, bool)
+    calib[graded[es.calibration_split(graded.size, min(args.n_calib, graded.size), args.seed)]] = True
+    budget = args.budget if args.mode == "gate" else int(rt.lengths.max()) + 1
+    th = es.thresholds(es.prefix_entropy(rt, budget)[calib], rt.correct[calib])
+    tau = args.tau if args.tau is not None else getattr(th, args.use)
+    rule = es.StopRule(args.mode, float(tau), args.k, args.min_tokens, args.budget)
+    held = ~np.isnan(rt.correct) & ~calib
+    runs = store.runs()
+    model = runs.loc[runs.run_id == args.run_id, "model"]
+    cfg = es.EarlyStopConfig(str(model.iloc[0]) if len(model) and model.iloc[0] else "unknown", args.estimator,
+                             rule, calibration={"tau_mean": th.tau_mean, "tau_info": th.tau_info,
+                                                "cohens_d": th.cohens_d, "n_calib": int(calib.sum()),
+                                                "seed": args.seed}, source_run=args.run_id)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(cfg.to_json())
+    print(f"tau_mean {th.tau_mean:.4f} nats, tau_info {th.tau_info:.4f} nats (Cohen's d {th.cohens_d:.3f}, "
+          f"{th.n_correct} correct / {th.n_incorrect} incorrect calibration traces)")
+    if held.any():
+        p = es.StopModel(rt.subset(held), rule).point(rule.tau)
+        print(f"held-out at tau {rule.tau:.4f}: {p['tokens_saved_pct']:.1f}% tokens saved, accuracy "
+              f"{100 * p['accuracy']:.1f}% vs {100 * p['baseline_accuracy']:.1f}% without stopping (estimate)")
+    print(f"-> {args.out}")
+    return 0
+
+
+def register(sub) -> None:
+    g = sub.add_parser("grade", help="re-grade a stored run with an answer-extraction rule")
+    g.add_argument("run_id", type=int)
+    g.add_argument("--rule", default="auto", help="auto, boxed, hash, final_answer, answer, the_answer_is, "
+                                                  "last_number or regex")
+    g.add_argument("--regex", help="with --rule regex: the pattern (group 1, else the whole match)")
+    g.add_argument("--rel-tol", type=float, default=1e-6)
+    g.add_argument("--abs-tol", type=float, default=1e-9)
+    g.set_defaults(func=cmd_grade)
+
+    d = sub.add_parser("difficulty", help="mean sequence entropy per difficulty bin (the U-shape)")
+    d.add_argument("run_ids", type=int, nargs="+")
+    d.add_argument("--axis", choices=["level", "pass_rate"], default="level")
+    d.add_argument("--edges", help="bin edges, e.g. '0,0.5,1' (default: each level / ARES buckets)")
+    d.add_argument("--estimator", default="full")
+    d.add_argument("--phase", choices=["all", "thinking", "answer"], default="all")
+    d.set_defaults(func=cmd_difficulty)
+
+    c = sub.add_parser("calibrate", help="calibrate an entropy early-stop threshold on a graded run")
+    c.add_argument("run_id", type=int)
+    c.add_argument("--out", required=True, help="config JSON for `generate --early-stop`")
+    c.add_argument("--mode", choices=["streaming", "gate"], default="streaming")
+    c.add_argument("--estimator", default="full")
+    c.add_argument("--n-calib", type=int, default=20, help="labelled traces used to calibrate")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--use", choices=["tau_info", "tau_mean"], default="tau_info")
+    c.add_argument("--tau", type=float, help="a threshold in nats instead of the calibrated one")
+    c.add_argument("--k", type=int, default=16)
+    c.add_argument("--min-tokens", type=int, default=32)
+    c.add_argument("--budget", type=int, default=64)
+    c.set_defaults(func=cmd_calibrate)

@@ -1,0 +1,628 @@
+"""Shared pieces of the trace-file readers: problem reports, field checks, token columns.
+
+Every reader turns records of its format into canonical ``Trace`` objects. Problems are
+collected (up to a cap) with the file, line and JSON path of the bad field, so that a user
+sees everything wrong with a file at once; ``Problems.raise_if_any`` turns them into one
+``TraceError`` at the end.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..trace import Trace, TraceError
+
+#: problems listed in full before the rest are only counted
+MAX_PROBLEMS = 50
+
+#: canonical per-trace metadata fields and the names other tools give them (first match wins)
+META_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "problem_id": ("problem_id", "question_id", "task_id", "problem_idx", "qid", "unique_id"),
+    "question": ("question", "problem"),
+    "gold_answer": ("gold_answer", "gold", "reference_answer", "expected_answer", "target", "ground_truth"),
+    "level": ("level", "difficulty", "difficulty_level"),
+    "correct": ("correct", "is_correct", "correctness", "passed"),
+    "pred_answer": ("pred_answer", "predicted_answer", "prediction", "extracted_answer"),
+    "sample_idx": ("sample_idx", "sample", "sample_index"),
+    "model": ("model", "model_name"),
+}
+#: sampling settings copied into a trace's metadata when a record carries them
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "n",
+                   "presence_penalty", "frequency_penalty", "repetition_penalty")
+THINKING_FIELDS = ("reasoning", "reasoning_content", "thinking")
+
+
+class IngestError(TraceError):
+    """All the problems found in one file (the first ``MAX_PROBLEMS`` in full)."""
+
+    def __init__(self, file: str, problems: list[str], total: int):
+        self.file, self.problems, self.total = file, problems, total
+        more = f" (showing the first {len(problems)})" if total > len(problems) else ""
+        head = f"{file}: {total} problem{'s' if total != 1 else ''}{more}; nothing was imported"
+        super().__init__(head + "\n  " + "\n  ".join(problems) if total > 1 else problems[0])
+
+
+class Problems:
+    """Collects problems with their location; counts past the cap without keeping them."""
+
+    def __init__(self, file: str, cap: int = MAX_PROBLEMS):
+        self.file, self.cap = file, cap
+        self.items: list[str] = []
+        self.total = 0
+        self.line: int | None = None     # line of the record being read
+        self.warnings: list[str] = []    # not errors: failed batch requests and the like
+
+    def where(self, line: int | None = None) -> str:
+        line = self.line if line is None else line
+        return f"{self.file} line {line}" if line is not None else self.file
+
+    def add(self, message: str, line: int | None = None) -> None:
+        self.total += 1
+        if len(self.items) < self.cap:
+            self.items.append(f"{self.where(line)}: {message}")
+
+    def bad(self, path: str, value: Any, expected: str) -> None:
+        """``path is <value>, expected <expected>`` at the current line."""
+        self.add(f"{path} is {show(value)}, expected {expected}")
+
+    def missing(self, path: str, what: str = "") -> None:
+        self.add(f"{path} is missing" + (f" ({what})" if what else ""))
+
+    def warn(self, message: str, line: int | None = None) -> None:
+        if len(self.warnings) < self.cap:
+            self.warnings.append(f"{self.where(line)}: {message}")
+
+    @property
+    def full(self) -> bool:
+        """True once the cap is reached: readers may stop early (the count is then a minimum)."""
+        return self.total >= self.cap * 4
+
+    def raise_if_any(self) -> None:
+        if self.total:
+            raise IngestError(self.file, self.items, self.total)
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """A short JSON rendering of a bad value for an error message."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+class Skip(Exception):
+    """Internal: the current record is unusable; its problems are already recorded."""
+
+
+# --------------------------------------------------------------------------- field access
+
+
+def get(obj: Any, key: str, path: str, pr: Problems, expected: type | tuple = dict,
+        required: bool = True, what: str = "") -> Any:
+    """obj[key] checked to be of ``expected`` type; records a problem and raises Skip if not."""
+    if not isinstance(obj, dict):
+        pr.bad(path.rsplit(".", 1)[0] if "." in path else path, obj, "an object")
+        raise Skip
+    v = obj.get(key)
+    if v is None:
+        if required:
+            pr.missing(path, what)
+            raise Skip
+        return None
+    if not isinstance(v, expected) or (expected is not bool and isinstance(v, bool) and bool not in _tuple(expected)):
+        pr.bad(path, v, _expected_name(expected))
+        raise Skip
+    return v
+
+
+def _tuple(t) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _expected_name(t) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+             bool: "a boolean"}
+    return " or ".join(dict.fromkeys(names.get(x, x.__name__) for x in _tuple(t)))
+
+
+def is_number(v: Any) -> bool:
+    return (type(v) is float or type(v) is int)
+
+
+# --------------------------------------------------------------------------- token columns
+
+
+@dataclass
+class Keys:
+    """Field names of one token entry and of its alternatives in a given format."""
+
+    token: str = "token"
+    logprob: str = "logprob"
+    top: str = "top_logprobs"
+    alt_token: str = "token"
+    alt_logprob: str = "logprob"
+    bytes: str | None = "bytes"
+    id: str | None = None           # per-token id field (llama.cpp, Ollama's OpenAI route)
+    probs: bool = False             # values are linear probabilities (llama.cpp post-sampling)
+
+
+@dataclass
+class Tokens:
+    """Per-token columns read from a record, before byte repair and id parsing."""
+
+    tokens: list[str]
+    logprobs: np.ndarray                        # [T] nats, NaN where unknown
+    token_ids: np.ndarray | None = None         # [T] -1 where unknown
+    top_tokens: list[list[str]] | None = None   # [T][<=k]
+    top_logprobs: np.ndarray | None = None      # [T, k], -inf padded
+    top_ids: np.ndarray | None = None           # [T, k], -1 padded
+    byte_rows: list | None = None               # [T] list of ints or None
+
+    @property
+    def n(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def empty(cls) -> "Tokens":
+        return cls([], np.empty(0))
+
+    def concat(self, other: "Tokens") -> "Tokens":
+        """This token run followed by ``other`` (streamed pieces of one response)."""
+        if not self.n:
+            return other
+        if not other.n:
+            return self
+        k = max(self.k, other.k)
+        def pad(a, fill, rows):
+            if a is None:
+                return np.full((rows, k), fill)
+            return np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=fill) if a.shape[1] < k else a
+        tl = ti = tt = None
+        if k:
+            tl = np.vstack([pad(self.top_logprobs, -np.inf, self.n), pad(other.top_logprobs, -np.inf, other.n)])
+            if self.top_ids is not None or other.top_ids is not None:
+                ti = np.vstack([pad(self.top_ids, -1, self.n), pad(other.top_ids, -1, other.n)]).astype(np.int64)
+            tt = (self.top_tokens or [[] for _ in range(self.n)]) + (other.top_tokens or [[] for _ in range(other.n)])
+        ids = None
+        if self.token_ids is not None or other.token_ids is not None:
+            ids = np.concatenate([self.token_ids if self.token_ids is not None else np.full(self.n, -1),
+                                  other.token_ids if other.token_ids is not None else np.full(other.n, -1)])
+        br = None
+        if self.byte_rows is not None or other.byte_rows is not None:
+            br = (self.byte_rows or [None] * self.n) + (other.byte_rows or [None] * other.n)
+        return Tokens(self.tokens + other.tokens, np.concatenate([self.logprobs, other.logprobs]), ids,
+                      tt, tl, ti, br)
+
+    @property
+    def k(self) -> int:
+        return 0 if self.top_logprobs is None else int(self.top_logprobs.shape[1])
+
+
+_TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
+_NUM_TYPES = {float, int}
+_NUM_OR_NONE = {float, int, type(None)}
+
+
+def read_tokens(entries: Any, path: str, pr: Problems, keys: Keys = Keys()) -> Tokens:
+    """Token columns from a list of per-token objects (OpenAI-style ``logprobs.content``).
+
+    The common case runs on list comprehensions and one numpy conversion; only when that
+    fails does a slow walk find and report every bad field with its path.
+    """
+    if not isinstance(entries, list):
+        pr.bad(path, entries, "a list")
+        raise Skip
+    if not entries:
+        return Tokens.empty()
+    try:
+        return _read_tokens_fast(entries, keys)
+    except (KeyError, TypeError, AttributeError, ValueError, _Bad):
+        pass
+    _report_tokens(entries, path, pr, keys)
+    raise Skip
+
+
+class _Bad(Exception):
+    pass
+
+
+def _to_logprob(values: list, probs: bool, allowed=_NUM_OR_NONE) -> np.ndarray:
+    if not set(map(type, values)) <= allowed:
+        raise _Bad
+    arr = np.array([np.nan if v is None else v for v in values] if None in values else values, dtype=np.float64)
+    if probs:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            arr = np.log(arr)
+    return arr
+
+
+def _read_tokens_fast(entries: list, keys: Keys) -> Tokens:
+    tk, lk = keys.token, keys.logprob
+    toks = [e[tk] for e in entries]
+    if not set(map(type, toks)) <= {str}:
+        raise _Bad
+    lps = _to_logprob([e.get(lk) for e in entries], keys.probs)
+    if keys.probs and (np.nanmin(lps, initial=0) > 0 if lps.size else False):
+        raise _Bad
+    ids = None
+    if keys.id:
+        raw = [e.get(keys.id) for e in entries]
+        if not set(map(type, raw)) <= {int, type(None)}:
+            raise _Bad
+        ids = np.array([-1 if v is None else v for v in raw], dtype=np.int64)
+    byte_rows = [e.get(keys.bytes) for e in entries] if keys.bytes else None
+    tops = [e.get(keys.top) or () for e in entries]
+    if not set(map(type, tops)) <= {list, tuple}:
+        raise _Bad
+    k = max(map(len, tops))
+    if not k:
+        return Tokens(toks, lps, ids, None, None, None, byte_rows)
+    at, al = keys.alt_token, keys.alt_logprob
+    alt_toks = [[a[at] for a in row] for row in tops]
+    flat_tok = [x for row in alt_toks for x in row]
+    if not set(map(type, flat_tok)) <= {str}:
+        raise _Bad
+    as_ids = None
+    if "token_id:" in "".join(flat_tok):
+        # vLLM's return_tokens_as_token_ids: "token_id:N"; the text is only in the bytes
+        as_ids = [int(m.group(1)) if (m := _TOKEN_ID_RE.match(x)) else -1 for x in flat_tok]
+        if keys.bytes:
+            alt_toks = [[_bytes_text(a, keys.bytes) if a[at].startswith("token_id:") else a[at] for a in row]
+                        for row in tops]
+    flat_lp = [a[al] for row in tops for a in row]
+    vals = _to_logprob(flat_lp, keys.probs, _NUM_OR_NONE)
+    vals[np.isnan(vals)] = -np.inf  # an alternative without a value carries no probability
+    lens = np.fromiter(map(len, tops), dtype=np.int64, count=len(tops))
+    if (lens == k).all():
+        top_lp = vals.reshape(len(tops), k)
+    else:
+        top_lp = np.full((len(tops), k), -np.inf)
+        top_lp[np.arange(k)[None, :] < lens[:, None]] = vals
+    top_ids = None
+    if as_ids is not None and min(as_ids) >= 0:
+        top_ids = np.full((len(tops), k), -1, dtype=np.int64)
+        top_ids[np.arange(k)[None, :] < lens[:, None]] = as_ids
+    elif keys.id and all(keys.id in a for row in tops for a in row):
+        raw = [a[keys.id] for row in tops for a in row]
+        if set(map(type, raw)) <= {int}:
+            top_ids = np.full((len(tops), k), -1, dtype=np.int64)
+            top_ids[np.arange(k)[None, :] < lens[:, None]] = raw
+    return Tokens(toks, lps, ids, alt_toks, top_lp, top_ids, byte_rows)
+
+
+def _bytes_text(alt: dict, key: str) -> str:
+    b = alt.get(key)
+    return bytes(b).decode("utf-8", errors="replace") if _is_byte_list(b) else alt["token"]
+
+
+def _report_tokens(entries: list, path: str, pr: Problems, keys: Keys) -> None:
+    """Walk token entries and record every bad field with its JSON path."""
+    num = "a probability" if keys.probs else "a number"
+    for i, e in enumerate(entries):
+        p = f"{path}[{i}]"
+        if not isinstance(e, dict):
+            pr.bad(p, e, "an object")
+            continue
+        if keys.token not in e:
+            pr.missing(f"{p}.{keys.token}")
+        elif not isinstance(e[keys.token], str):
+            pr.bad(f"{p}.{keys.token}", e[keys.token], "a string")
+        v = e.get(keys.logprob)
+        if not (v is None or is_number(v)) or (keys.probs and is_number(v) and v < 0):
+            pr.bad(f"{p}.{keys.logprob}", v, num)
+        if keys.id and e.get(keys.id) is not None and type(e.get(keys.id)) is not int:
+            pr.bad(f"{p}.{keys.id}", e[keys.id], "an integer")
+        if keys.bytes and e.get(keys.bytes) is not None and not _is_byte_list(e[keys.bytes]):
+            pr.bad(f"{p}.{keys.bytes}", e[keys.bytes], "a list of byte values 0..255")
+        tops = e.get(keys.top)
+        if tops is None:
+            continue
+        if not isinstance(tops, list):
+            pr.bad(f"{p}.{keys.top}", tops, "a list")
+            continue
+        for j, a in enumerate(tops):
+            q = f"{p}.{keys.top}[{j}]"
+            if not isinstance(a, dict):
+                pr.bad(q, a, "an object")
+                continue
+            if keys.alt_token not in a:
+                pr.missing(f"{q}.{keys.alt_token}")
+            elif not isinstance(a[keys.alt_token], str):
+                pr.bad(f"{q}.{keys.alt_token}", a[keys.alt_token], "a string")
+            v = a.get(keys.alt_logprob)
+            if not (v is None or is_number(v)) or (keys.probs and is_number(v) and v < 0):
+                pr.bad(f"{q}.{keys.alt_logprob}", v, num)
+
+
+def _is_byte_list(v: Any) -> bool:
+    return isinstance(v, list) and all(type(b) is int and 0 <= b < 256 for b in v)
+
+
+# --------------------------------------------------------------------------- text repair
+
+def repair(t: Tokens) -> Tokens:
+    """Rebuild token text from ``bytes`` where a character was split between tokens, and
+    read vLLM's ``token_id:N`` tokens as ids.
+
+    A split character leaves each token with bytes that are not valid UTF-8 alone; decoding
+    the byte stream incrementally gives the character to the token that completes it (the
+    earlier ones get ''), so the joined text is exactly the decoded completion.
+    """
+    toks = t.tokens
+    if any(s.startswith("token_id:") for s in toks):
+        ids = t.token_ids.copy() if t.token_ids is not None else np.full(t.n, -1, dtype=np.int64)
+        toks = list(toks)
+        for i, s in enumerate(toks):
+            m = _TOKEN_ID_RE.match(s)
+            if m:
+                ids[i] = int(m.group(1))
+                if t.byte_rows is None or t.byte_rows[i] is None:
+                    toks[i] = ""  # the text is unknown; the id is kept
+        t = Tokens(toks, t.logprobs, ids, t.top_tokens, t.top_logprobs, t.top_ids, t.byte_rows)
+    if t.top_tokens is not None and t.top_ids is None and \
+            any(s.startswith("token_id:") for row in t.top_tokens for s in row if s):
+        ids = np.full((t.n, t.k), -1, dtype=np.int64)
+        rows = []
+        for i, row in enumerate(t.top_tokens):
+            out = []
+            for j, s in enumerate(row):
+                m = _TOKEN_ID_RE.match(s)
+                if m:
+                    ids[i, j] = int(m.group(1))
+                out.append(s)
+            rows.append(out)
+        if (ids[np.isfinite(t.top_logprobs)] >= 0).all():
+            t = Tokens(t.tokens, t.logprobs, t.token_ids, rows, t.top_logprobs, ids, t.byte_rows)
+    br = t.byte_rows
+    if br is None or all(b is None for b in br):
+        return t
+    needs = False
+    for s, b in zip(t.tokens, br):
+        if b is None:
+            continue
+        if not _is_byte_list(b):
+            return t  # reported by the caller's checks; keep the text
+        try:
+            if bytes(b).decode("utf-8") != s:
+                needs = True
+                break
+        except UnicodeDecodeError:
+            needs = True
+            break
+    if not needs:
+        return t
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out = []
+    for s, b in zip(t.tokens, br):
+        out.append(dec.decode(bytes(b) if b is not None else s.encode("utf-8")))
+    tail = dec.decode(b"", final=True)
+    if tail and out:
+        out[-1] += tail
+    return Tokens(out, t.logprobs, t.token_ids, t.top_tokens, t.top_logprobs, t.top_ids, br)
+
+
+# --------------------------------------------------------------------------- traces
+
+_WORD_RE = re.compile(r"\s*\S+|\s+")
+
+
+def text_pieces(text: str) -> list[str]:
+    """Word-sized pieces whose concatenation is ``text`` (for text that came without tokens)."""
+    return _WORD_RE.findall(text)
+
+
+def with_thinking(t: Tokens, thinking: str | None, answer: str | None,
+                  marker: str = "</think>") -> tuple[Tokens, int | None, dict]:
+    """One token sequence and the first answer token, for a server that split the thinking
+    into its own field.
+
+    Three cases (whether a server's logprobs cover the thinking is not documented):
+    the tokens contain the marker (SGLang's raw output: the marker splits); the tokens
+    start with the thinking text (thinking covered: split where it ends); or the tokens
+    cover only the answer (the thinking text is prepended as word pieces without
+    logprobs, so its entropy is unknown and shown as such).
+    """
+    if not thinking:
+        return t, None, {}
+    joined = "".join(t.tokens)
+    if marker and marker in joined:
+        return t, None, {"thinking_source": "inline"}
+    th = thinking.strip()
+    stripped = joined.lstrip()
+    if th and stripped.startswith(th):
+        end = len(joined) - len(stripped) + len(th)
+        starts = np.cumsum([0] + [len(s) for s in t.tokens])
+        b = int(np.searchsorted(starts, end, side="left"))
+        # the whitespace after the thinking text still belongs to it
+        while b < t.n and not t.tokens[b].strip():
+            b += 1
+        return t, min(b, t.n), {"thinking_source": "field", "thinking_logprobs": True}
+    pieces = text_pieces(thinking)
+    if not pieces:
+        return t, None, {}
+    m = len(pieces)
+    if answer and t.n == 0:
+        return t, None, {}
+    pre = Tokens(pieces, np.full(m, np.nan), None, [[] for _ in range(m)] if t.k else None,
+                 np.full((m, t.k), -np.inf) if t.k else None, None, None)
+    if t.top_ids is not None:
+        pre.top_ids = np.full((m, t.k), -1, dtype=np.int64)
+    if t.byte_rows is not None:
+        pre.byte_rows = [None] * m
+    return pre.concat(t), m, {"thinking_source": "field", "thinking_logprobs": False}
+
+
+def to_trace(t: Tokens, *, prompt: str = "", boundary: int | None = None, marker: str | None = "</think>",
+             source_id: str | None = None, metadata: dict | None = None,
+             vocab: dict[int, str] | None = None) -> Trace:
+    """A canonical Trace from token columns; alternative ids go to ``vocab`` with their text."""
+    top_ids = t.top_ids
+    if top_ids is not None and vocab is not None and t.top_tokens is not None:
+        for row_ids, row_toks in zip(top_ids.tolist(), t.top_tokens):
+            for i, s in zip(row_ids, row_toks):
+                if i >= 0 and i not in vocab:
+                    vocab[i] = s
+    if top_ids is not None and vocab is None:
+        top_ids = None
+    top_tokens = t.top_tokens
+    if t.k and top_ids is None and top_tokens is not None:
+        # alternatives with probability 0 (sentinels, NaN) are not stored: give them no text, so
+        # that they take no run-local id either
+        dead = np.argwhere(~np.isfinite(t.top_logprobs) | (t.top_logprobs <= -9999.0))
+        if dead.size:
+            top_tokens = [list(r) for r in top_tokens]
+            for i, j in dead.tolist():
+                if j < len(top_tokens[i]):
+                    top_tokens[i][j] = None
+    ids = t.token_ids
+    if ids is not None and (ids < 0).all():
+        ids = None
+    tr = Trace(prompt=prompt or "", tokens=t.tokens, logprobs=t.logprobs, token_ids=ids,
+               topk_ids=top_ids if t.k else None,
+               topk_tokens=None if (top_ids is not None or not t.k) else _pad_rows(top_tokens, t.k),
+               topk_logprobs=t.top_logprobs if t.k else None, boundary=boundary, marker=marker,
+               source_id=source_id, metadata=metadata or {})
+    return tr
+
+
+def _pad_rows(rows: list[list[str]] | None, k: int) -> list[list[str | None]]:
+    if rows is None:
+        return [[None] * k]
+    return [r if len(r) == k else list(r) + [None] * (k - len(r)) for r in rows]
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def prompt_from(obj: dict) -> str:
+    """The prompt when a dump carries it: ``prompt``, ``messages`` or ``request.{prompt,messages}``."""
+    for src in (obj, obj.get("request") if isinstance(obj.get("request"), dict) else None,
+                obj.get("body") if isinstance(obj.get("body"), dict) else None):
+        if not src:
+            continue
+        p = src.get("prompt")
+        if isinstance(p, str):
+            return p
+        if isinstance(p, list) and p and isinstance(p[0], str):
+            return p[0]
+        msgs = src.get("messages") or src.get("input")
+        if isinstance(msgs, list):
+            return render_messages(msgs)
+        if isinstance(msgs, str):
+            return msgs
+    return ""
+
+
+def render_messages(msgs: list) -> str:
+    parts = []
+    for m in msgs:
+        if not isinstance(m, dict):
+            continue
+        c = m.get("content")
+        if isinstance(c, list):  # content parts
+            c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+        if isinstance(c, str):
+            parts.append(c if len(msgs) == 1 else f"{m.get('role', '?')}: {c}")
+    return "\n".join(parts)
+
+
+def flat_fields(obj: dict, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """Scalar fields a user might map to metadata: top-level and ``metadata.*`` / ``request.*``."""
+    out: dict[str, Any] = {}
+    skip = set(skip)
+    for k, v in obj.items():
+        if k in skip:
+            continue
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, dict) and k in ("metadata", "meta", "request", "extra", "info"):
+            for k2, v2 in v.items():
+                if isinstance(v2, (str, int, float, bool)) or v2 is None:
+                    out[f"{k}.{k2}"] = v2
+    return out
+
+
+def map_metadata(fields: dict[str, Any], field_map: dict[str, str] | None) -> dict[str, Any]:
+    """Canonical metadata from a record's fields: the user's mapping first, then the synonyms.
+
+    ``field_map`` maps a canonical name (``problem_id``, ``gold_answer``, ``level``,
+    ``correct``, ...) to the field's name in the file (``metadata.qid``); an empty value
+    turns the automatic match off for that name. Other ``metadata.*`` fields are kept as is.
+    """
+    field_map = field_map or {}
+    meta: dict[str, Any] = {}
+    used: set[str] = set()
+    for canon, names in META_SYNONYMS.items():
+        if canon in field_map:
+            cands = (field_map[canon],) if field_map[canon] else ()
+        else:
+            cands = tuple(n for base in names for n in (base, f"metadata.{base}", f"meta.{base}", f"request.{base}"))
+        for name in cands:
+            if name in fields and fields[name] is not None:
+                v = coerce_meta(canon, fields[name])
+                if v is not None:
+                    meta[canon] = v
+                    used.add(name)
+                    break
+    for name, v in fields.items():
+        if name in used or v is None:
+            continue
+        if name.startswith(("metadata.", "meta.")):
+            meta.setdefault(name.split(".", 1)[1], v)
+        elif name.split(".")[-1] in SAMPLING_FIELDS:
+            meta.setdefault(name.split(".")[-1], v)
+    return meta
+
+
+def coerce_meta(canon: str, v: Any) -> Any:
+    """A metadata value in the column's type (None when it cannot be read as that type)."""
+    if canon == "level":
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, (int, float)):
+            return float(v)
+        m = re.search(r"-?\d+(\.\d+)?", str(v))
+        return float(m.group()) if m else None
+    if canon == "correct":
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, (int, float)) and v in (0, 1):
+            return bool(v)
+        s = str(v).strip().lower()
+        return {"true": True, "yes": True, "1": True, "correct": True, "false": False, "no": False,
+                "0": False, "wrong": False, "incorrect": False}.get(s)
+    if canon == "sample_idx":
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            return None
+    return v if isinstance(v, str) else str(v)
+
+
+@dataclass
+class Context:
+    """Per-file reading options shared by the readers."""
+
+    problems: Problems
+    field_map: dict[str, str] | None = None
+    marker: str = "</think>"
+    vocab: dict[int, str] = field(default_factory=dict)   # real token id -> text, from the file
+    lm: Any = None                                        # a LoadedModel where a reader needs one
+    score_settings: Any = None
+    requests: dict[str, dict] | None = None               # batch input: custom_id -> request body
+    progress: Callable[[int, int], None] | None = None

@@ -1,0 +1,53 @@
+"""``thinkscope ingest FILE...``: import trace files as runs (three lines over ``ingest_files``)."""
+
+from __future__ import annotations
+
+import sys
+
+from .detect import FORMATS
+
+
+def _bytes_bar():
+    """A tqdm bar per file, driven by (file name, bytes done, bytes total) callbacks."""
+    from tqdm import tqdm
+    bars: dict[str, tqdm] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(total=total, desc=name[-30:], unit="B", unit_scale=True, file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+    return update
+
+
+def cmd_ingest(args) -> int:
+    from ..store import Store
+    from .ingest import ingest_files
+
+    field_map = dict(m.split("=", 1) for m in args.map or [])
+    results = ingest_files(Store(args.store), args.files, format=args.format, run_name=args.run_name,
+                           progress=_bytes_bar(), model=args.model, field_map=field_map or None,
+                           marker=args.marker)
+    for r in results:
+        print(f"run {r.run_id} '{r.name}': {r.n_traces} traces, {r.n_tokens} tokens ({r.format}) "
+              f"in {r.seconds:.1f} s")
+        for w in r.warnings:
+            print(f"  warning: {w}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ingest", help="import trace files (OpenAI, vLLM, SGLang, llama.cpp, Ollama dumps, "
+                                      "token tables, plain text, thinkscope exports) as runs")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--format", choices=list(FORMATS), help="skip detection: read every file in this format")
+    p.add_argument("--run-name", help="name of the new run (default: the file name)")
+    p.add_argument("--model", help="the model that produced the traces (stored with the run); for plain-text "
+                                   "traces, the local model that scores them (default: the embedded one)")
+    p.add_argument("--marker", default="</think>", help="end-of-thinking marker (default: </think>)")
+    p.add_argument("--map", action="append", metavar="FIELD=NAME",
+                   help="read metadata FIELD (problem_id, gold_answer, level, correct, ...) or a table's column "
+                        "role (trace, pos, token, logprob) from the file's field NAME; repeatable")
+    p.set_defaults(func=cmd_ingest)

@@ -1,0 +1,394 @@
+"""Importing trace files as runs: whole file or nothing, duplicates refused by content hash.
+
+Atomicity by staging and swapping: a file's traces are written to a private staging store
+next to the real one, then copied into the real store in one transaction (runs, traces,
+stats, tokens and vocab together). The real store is locked only for that copy, so the
+dashboard keeps reading during a long import, and a process killed at any moment leaves the
+real store exactly as it was (an uncommitted DuckDB transaction is discarded on reopen);
+a staging file left behind by a killed process is removed by the next import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..store import Store
+from ..trace import Trace, TraceError
+from . import batch, plaintext, tables
+from .base import Context, Problems, flat_fields, text_pieces
+from .detect import FORMATS, JSON_READERS, Detection, describe_unknown, detect
+from .jsonstream import first_char, iter_values
+
+#: files larger than this are refused (bytes); THINKSCOPE_MAX_UPLOAD_MB overrides it
+MAX_BYTES = int(float(os.environ.get("THINKSCOPE_MAX_UPLOAD_MB", 2048)) * (1 << 20))
+#: traces are written to the staging store in batches of about this many tokens
+BATCH_TOKENS = 50_000
+BATCH_TRACES = 1000
+STAGING_PREFIX = ".staging-"
+
+ProgressFn = Callable[[int, int], None]
+
+
+class DuplicateFileError(TraceError):
+    """The very same file (by content hash) is already in the store."""
+
+    def __init__(self, message: str, run_id: int):
+        super().__init__(message)
+        self.run_id = run_id
+
+
+@dataclass
+class IngestResult:
+    """What an import did. ``warnings`` are reported but did not stop it (failed batch requests)."""
+
+    run_id: int
+    name: str
+    format: str
+    n_traces: int
+    n_tokens: int
+    content_hash: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def file_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def resolve_format(path: Path, name: str, format: str | None) -> Detection:
+    """The user's --format if given (checked against the known names), else the detected one."""
+    if format:
+        if format not in FORMATS:
+            raise TraceError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
+        container = "parquet" if tables._is_parquet(path) else ("json" if _looks_json(path) else "csv")
+        return Detection(format, 1.0, container=container)
+    d = detect(path, name)
+    if d.format == batch.INPUT_NAME:
+        raise TraceError(f"{name}: this is a Batch API input file (the requests, without outputs); import the "
+                         f"output file, together with this one to join the prompts on custom_id")
+    if d.format is None:
+        raise TraceError(describe_unknown(name, d))
+    return d
+
+
+def _looks_json(path: Path) -> bool:
+    return first_char(path) in ("{", "[")
+
+
+def read_traces(path: str | Path, ctx: Context, format: str | None = None,
+                progress: Callable[[int], None] | None = None, name: str | None = None) -> Iterator[Trace]:
+    """Stream the traces of a file (problems go to ``ctx.problems``; nothing is raised for them)."""
+    path = Path(path)
+    name = name or path.name
+    d = resolve_format(path, name, format)
+    fmt = d.format
+    pr = ctx.problems
+    if fmt == tables.EXPORT:
+        yield from tables.export_traces(path, ctx, progress, d.container)
+        return
+    if fmt == tables.TABLE:
+        yield from tables.table_traces(path, ctx, progress)
+        return
+    if fmt == plaintext.NAME and d.container == "csv":
+        yield from plaintext.traces(plaintext.csv_rows(path, pr), ctx)
+        return
+    reader = next((m for m in JSON_READERS if m.NAME == fmt), None)
+    if reader is None or d.container != "json":
+        raise TraceError(f"{name}: format {fmt} is not read from a {d.container} file")
+    yield from reader.traces(iter_values(path, pr, progress), ctx)
+
+
+def available_fields(path: str | Path, format: str | None = None, n: int = 20) -> list[str]:
+    """Field names in a file that a user may map onto metadata (top-level, metadata.*, columns)."""
+    path = Path(path)
+    d = resolve_format(path, path.name, format)
+    if d.container in ("parquet", "csv"):
+        return tables.columns(path)
+    names: dict[str, None] = {}
+    for _, obj in iter_values(path, Problems(path.name), limit=n):
+        if isinstance(obj, dict):
+            body = obj.get("response", {}).get("body") if isinstance(obj.get("response"), dict) else None
+            for src in (obj, body if isinstance(body, dict) else {}):
+                names.update(dict.fromkeys(k for k in flat_fields(src) if k not in ("object", "created")))
+    return list(names)
+
+
+@dataclass
+class Preview:
+    """The first traces of a file and its counts, without storing anything."""
+
+    detection: Detection
+    traces: list[Trace]
+    n_traces: int | None
+    n_tokens: int | None
+    problems: list[str]
+    n_problems: int
+    warnings: list[str]
+    fields: list[str]
+
+
+def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: dict | None = None,
+            lm: Any = None, count: bool = True, name: str | None = None, marker: str = "</think>") -> Preview:
+    """Read a file without storing it: the first ``n`` traces, and with ``count`` the totals and
+    every problem (the whole file is read, streamed). Plain-text traces are only scored (and
+    counted in tokens) when a model ``lm`` is given."""
+    path = Path(path)
+    name = name or path.name
+    d = resolve_format(path, name, format)
+    pr = Problems(name)
+    ctx = Context(problems=pr, field_map=field_map, marker=marker, lm=lm)
+    first: list[Trace] = []
+    n_traces = n_tokens = 0
+    if d.format == plaintext.NAME and lm is None:
+        rows = plaintext.csv_rows(path, pr) if d.container == "csv" else iter_values(path, pr)
+        for _, obj in rows:
+            n_traces += 1
+            if len(first) < n and isinstance(obj, dict):
+                prompt, completion, _ = plaintext.texts(obj, field_map)
+                if completion is not None:
+                    pieces = text_pieces(completion)
+                    first.append(Trace(prompt=prompt, tokens=pieces, logprobs=np.full(len(pieces), np.nan),
+                                       marker=marker))
+            if not count and n_traces >= n:
+                break
+        return Preview(d, first, n_traces if count else None, None, pr.items, pr.total, pr.warnings,
+                       available_fields(path, d.format))
+    for t in read_traces(path, ctx, d.format, name=name):
+        if len(first) < n:
+            first.append(t)
+        n_traces += 1
+        n_tokens += t.n_tokens
+        if not count and len(first) >= n:
+            break
+    return Preview(d, first, n_traces if count else None, n_tokens if count else None, pr.items, pr.total,
+                   pr.warnings, available_fields(path, d.format))
+
+
+# --------------------------------------------------------------------------- importing
+
+
+def _sweep_stale_staging(store: Store) -> None:
+    """Remove staging files of processes that no longer run (killed mid-import)."""
+    pattern = f".{store.path.name}{STAGING_PREFIX}*"
+    for p in store.path.parent.glob(pattern):
+        try:
+            pid = int(p.name[len(f".{store.path.name}{STAGING_PREFIX}"):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            for q in (p, Path(str(p) + ".wal")):
+                with contextlib.suppress(FileNotFoundError):
+                    q.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ingest_file(store: Store, path: str | Path, format: str | None = None, run_name: str | None = None,
+                progress: ProgressFn | None = None, lm: Any = None, *, model: str | None = None,
+                field_map: dict[str, str] | None = None, marker: str = "</think>",
+                max_bytes: int | None = None, allow_duplicate: bool = False,
+                requests: dict[str, dict] | None = None, name: str | None = None,
+                on_batch: Callable[[int], None] | None = None) -> IngestResult:
+    """Import one trace file as a new run, atomically; return what was imported.
+
+    ``progress(done, total)`` is called with bytes read. ``lm`` scores plain-text traces (the
+    embedded default model is loaded when none is given). ``name`` is the file name used in
+    messages (an upload's original name). ``model`` names the model that produced the traces.
+    Raises TraceError (IngestError with every problem, DuplicateFileError) and imports nothing
+    when the file has any problem.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    name = name or path.name
+    if not path.is_file():
+        raise TraceError(f"{name}: no such file")
+    size = path.stat().st_size
+    limit = MAX_BYTES if max_bytes is None else max_bytes
+    if size > limit:
+        raise TraceError(f"{name}: the file is {size / (1 << 20):,.1f} MB, over the limit of "
+                         f"{limit / (1 << 20):,.0f} MB (set THINKSCOPE_MAX_UPLOAD_MB to raise it)")
+    d = resolve_format(path, name, format)
+    digest = file_hash(path)
+    if not allow_duplicate:
+        dup = store.find_run_by_hash(digest)
+        if not dup.empty:
+            r = dup.iloc[0]
+            raise DuplicateFileError(
+                f"{name}: the very same file (sha256 {digest[:12]}…) was already imported as run "
+                f"#{int(r.run_id)} '{r['name']}' on {str(r.created_at)[:16]}; nothing was imported",
+                int(r.run_id))
+    if d.format == plaintext.NAME and lm is None:
+        from ..models import load_model
+        lm = load_model(model)
+    pr = Problems(name)
+    ctx = Context(problems=pr, field_map=field_map, marker=marker, lm=lm, requests=requests)
+    info = tables.export_info(path, d.container) if d.format == tables.EXPORT else None
+
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_staging(store)
+    staging = Store(store.path.parent / f".{store.path.name}{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                    lock_timeout=5)
+    try:
+        n_traces, n_tokens, first_model = _stage(staging, path, name, d, ctx, size, progress, on_batch)
+        pr.raise_if_any()
+        if n_traces == 0:
+            raise TraceError(f"{name}: no traces in the file; nothing was imported")
+        if info is not None:
+            run = dict(name=run_name or info.get("name") or path.stem, source=info.get("source") or "import",
+                       model=model or info.get("model"), settings=info.get("settings") or {})
+        else:
+            settings = {"file": name, "format": d.format, "bytes": size, "marker": marker}
+            if field_map:
+                settings["field_map"] = field_map
+            if pr.warnings:
+                settings["warnings"] = pr.warnings
+            if d.format == plaintext.NAME:
+                settings["scored_by"] = lm.name
+            run = dict(name=run_name or Path(name).stem,
+                       source=f"upload:{d.format}",
+                       model=model or first_model or (lm.name if d.format == plaintext.NAME else None),
+                       settings=settings)
+        run_id = _swap(store, staging, run, digest)
+    finally:
+        for q in (staging.path, Path(str(staging.path) + ".wal")):
+            with contextlib.suppress(FileNotFoundError):
+                q.unlink()
+    return IngestResult(run_id, run["name"], d.format, n_traces, n_tokens, digest,
+                        time.perf_counter() - t0, list(pr.warnings))
+
+
+def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, size: int,
+           progress: ProgressFn | None, on_batch) -> tuple[int, int, str | None]:
+    pr = ctx.problems
+    seen: dict[str, int | None] = {}
+    pending: list[Trace] = []
+    pending_tokens = 0
+    n_traces = n_tokens = 0
+    first_model = None
+    report = (lambda done: progress(min(done, size), size)) if progress else None
+    with staging.connect() as con:
+        run_id = staging.create_run("staging", "staging")
+
+        def flush() -> None:
+            nonlocal pending, pending_tokens
+            if pending and not pr.total:
+                staging.add_traces(run_id, pending, ctx.vocab or None, con=con)
+                if on_batch:
+                    on_batch(n_traces)
+            pending, pending_tokens = [], 0
+
+        for t in read_traces(path, ctx, d.format, report, name):
+            if t.source_id is not None:
+                if t.source_id in seen:
+                    prev = seen[t.source_id]
+                    pr.add(f"duplicate trace id {t.source_id!r}" + (f" (also at line {prev})" if prev else ""))
+                else:
+                    seen[t.source_id] = pr.line
+            if first_model is None and isinstance(t.metadata.get("model"), str):
+                first_model = t.metadata["model"]
+            n_traces += 1
+            n_tokens += t.n_tokens
+            if pr.total:  # a bad file: keep reading to report every problem, store nothing
+                pending = []
+                if pr.full:
+                    break
+                continue
+            pending.append(t)
+            pending_tokens += t.n_tokens
+            if pending_tokens >= BATCH_TOKENS or len(pending) >= BATCH_TRACES:
+                flush()
+        flush()
+    if progress:
+        progress(size, size)
+    return n_traces, n_tokens, first_model
+
+
+def _swap(store: Store, staging: Store, run: dict, digest: str) -> int:
+    """Copy the staged run into the real store in one transaction; return its run id there."""
+    with store.connect() as con:
+        con.execute(f"ATTACH '{_sql_str(staging.path)}' AS stg (READ_ONLY)")
+        try:
+            con.execute("BEGIN")
+            new_run = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
+            off = con.execute("SELECT coalesce(max(trace_id), 0) FROM traces").fetchone()[0]
+            con.execute(
+                "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
+                "n_traces, n_tokens) SELECT ?, ?, ?, ?, ?, ?, 'complete', ?, "
+                "(SELECT count(*) FROM stg.traces), (SELECT coalesce(sum(n_tokens), 0) FROM stg.traces)",
+                [new_run, run["name"], run["source"], run["model"], json.dumps(run["settings"], default=str),
+                 datetime.now(timezone.utc).replace(tzinfo=None), digest])
+            con.execute(f"INSERT INTO traces BY NAME SELECT * REPLACE (trace_id + {int(off)} AS trace_id, "
+                        f"{int(new_run)} AS run_id) FROM stg.traces")
+            for table in ("trace_stats", "tokens", "token_layers"):
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * REPLACE (trace_id + {int(off)} AS trace_id) "
+                            f"FROM stg.{table}")
+            con.execute(f"INSERT INTO vocab BY NAME SELECT * REPLACE ({int(new_run)} AS run_id) FROM stg.vocab")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                con.execute("DETACH stg")
+    return int(new_run)
+
+
+def _sql_str(p: Path) -> str:
+    return str(p).replace("'", "''")
+
+
+def ingest_files(store: Store, paths: list[str | Path], format: str | None = None, run_name: str | None = None,
+                 progress: Callable[[str, int, int], None] | None = None, lm: Any = None,
+                 names: list[str] | None = None, **kwargs) -> list[IngestResult]:
+    """Import several files, each as its own run (each atomic). Batch API input files among
+    them are not runs: their requests are joined to the output files on ``custom_id``.
+    ``progress(file name, done, total)``. Stops at the first file with a problem."""
+    paths = [Path(p) for p in paths]
+    names = names or [p.name for p in paths]
+    requests: dict[str, dict] = {}
+    outputs = []
+    for p, n in zip(paths, names):
+        if format is None and detect(p, n).format == batch.INPUT_NAME:
+            pr = Problems(n)
+            requests.update(batch.read_requests(iter_values(p, pr), Context(problems=pr)))
+            pr.raise_if_any()
+        else:
+            outputs.append((p, n))
+    if not outputs:
+        raise TraceError("only Batch API input files were given; add the output file(s) to import")
+    results = []
+    for i, (p, n) in enumerate(outputs):
+        cb = (lambda done, total, n=n: progress(n, done, total)) if progress else None
+        rn = run_name if len(outputs) == 1 or run_name is None else f"{run_name} ({Path(n).stem})"
+        results.append(ingest_file(store, p, format, rn, cb, lm, requests=requests or None, name=n, **kwargs))
+    return results

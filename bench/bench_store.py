@@ -1,0 +1,185 @@
+"""Store benchmark: write rate (token rows/s with top-20 lists) and explorer query latency.
+
+Phase 1 writes ``--traces`` synthetic traces of ``--length`` tokens (20 alternatives per
+token, vocabulary ~49k, like a local-model run) into one fresh file in batches of
+``--batch`` traces through ``Store.add_traces``, and reports the steady-state rate (median
+over batches, the first one left out as warm-up) against the 500,000 rows/s target.
+
+Phase 2 then times the queries the trace explorer issues, each through a fresh ``Store``
+(as the dashboard does), median of ``--repeats`` runs interleaved query by query so that
+machine noise hits all of them alike, and prints each as time and ratio to 100 ms.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_store.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis.store import SCHEMA, Store, build_batch  # noqa: E402
+from analysis.trace import Trace  # noqa: E402
+
+VOCAB_SIZE = 49_152
+WRITE_TARGET = 500_000.0   # token rows per second
+QUERY_TARGET = 0.100       # seconds
+
+
+def synthetic_vocab(size: int = VOCAB_SIZE, seed: int = 0) -> dict[int, str]:
+    """Token texts shaped like a byte-level BPE vocabulary ('Ġword', pieces, digits)."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    out = {}
+    for i in range(size):
+        n = int(rng.integers(1, 9))
+        word = "".join(rng.choice(letters, n))
+        out[i] = ("\u0120" + word) if i % 3 else word
+    return out
+
+
+def synthetic_traces(n: int, length: int, k: int, vocab: dict[int, str], seed: int = 0) -> list[Trace]:
+    """Traces with the shape a recorded run has: distinct top-k ids per token drawn from a
+    Zipf-like distribution, descending logprobs, entropies in a realistic range."""
+    rng = np.random.default_rng(seed)
+    texts = np.array([vocab[i] for i in range(len(vocab))], dtype=object)
+    v = len(vocab)
+    traces = []
+    for j in range(n):
+        # distinct ids per row: a random offset plus a per-row permutation of a small range
+        base = np.minimum((rng.pareto(1.2, size=(length, 1)) * 200).astype(np.int64), v - 4 * k)
+        ids = base + np.argsort(rng.random((length, 4 * k)), axis=1)[:, :k]
+        lp = np.sort(-rng.exponential(2.0, size=(length, k)), axis=1)[:, ::-1] - 0.05
+        chosen = ids[:, 0]
+        h = rng.gamma(1.2, 0.8, size=length)
+        tokens = texts[chosen].tolist()
+        if j % 2 == 0:  # half the traces have a thinking/answer split
+            tokens[length // 2] = "</think>"
+        traces.append(Trace(
+            prompt=f"What is {j} + {j + 1}? Think step by step.", tokens=tokens, token_ids=chosen,
+            logprobs=lp[:, 0].copy(), topk_ids=ids, topk_logprobs=lp, entropy_full=h,
+            entropy_full_t1=h * 1.1, metadata={"problem_id": f"p{j % 50}", "sample_idx": j // 50,
+                                               "level": float(j % 5 + 1)}))
+    return traces
+
+
+def raw_insert(path: Path, tables: dict) -> None:
+    """The floor: DuckDB alone, inserting already-built Arrow tables the same way (one
+    connection, one transaction, closed after the batch), with no Python-side building."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("BEGIN")
+        for table, tbl in tables.items():
+            con.register("_batch", tbl)
+            cols = ", ".join(tbl.column_names)
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _batch")
+            con.unregister("_batch")
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def bench_writes(store: Store, traces: list[Trace], batch: int, vocab: dict[int, str],
+                 raw_path: Path) -> tuple[int, dict[str, list[float]]]:
+    """Store.add_traces batch by batch into one file, each batch followed by the raw DuckDB
+    insert of the same rows into a second file, so both see the same machine load."""
+    run_id = store.create_run("bench", "bench", "synthetic", {"k": traces[0].k})
+    con = duckdb.connect(str(raw_path))
+    con.execute(SCHEMA)
+    con.close()
+    out: dict[str, list[float]] = {"store": [], "store_cpu": [], "raw": [], "raw_cpu": []}
+    for b, start in enumerate(range(0, len(traces), batch)):
+        chunk = traces[start : start + batch]
+        rows = sum(t.n_tokens for t in chunk)
+        # the vocabulary a recorder passes: the text of every id the batch uses
+        used = np.unique(np.concatenate([np.concatenate([t.topk_ids.ravel(), t.token_ids]) for t in chunk]))
+        voc = {int(i): vocab[int(i)] for i in used}
+        t0, c0 = time.perf_counter(), time.process_time()
+        store.add_traces(run_id, chunk, voc)
+        out["store"].append(rows / (time.perf_counter() - t0))
+        out["store_cpu"].append(rows / (time.process_time() - c0))
+        tables = build_batch(chunk, 1 + b * batch, start, 1, voc, {}, None).tables
+        t0, c0 = time.perf_counter(), time.process_time()
+        raw_insert(raw_path, tables)
+        out["raw"].append(rows / (time.perf_counter() - t0))
+        out["raw_cpu"].append(rows / (time.process_time() - c0))
+    store.finish_run(run_id)
+    return run_id, out
+
+
+def bench_queries(path: Path, run_id: int, trace_id: int, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    queries = {
+        "runs()": lambda s: s.runs(),
+        "traces(run_id)": lambda s: s.traces(run_id),
+        "tokens(trace_id) with alternatives": lambda s: s.tokens(trace_id),
+        "run_window_entropy(run_id)": lambda s: s.run_window_entropy(run_id, "best", 4),
+    }
+    times: dict[str, list[tuple[float, float]]] = {q: [] for q in queries}
+    for q in queries:  # warm the OS file cache once; not counted
+        queries[q](Store(path))
+    for _ in range(repeats):
+        for q, fn in queries.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(Store(path))  # a fresh Store per call, as the dashboard's cached loaders do
+            times[q].append((time.perf_counter() - t0, time.process_time() - c0))
+    return times
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--traces", type=int, default=1000)
+    ap.add_argument("--length", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=50, help="traces per add_traces call")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--dir", default=None, help="folder for the store file (default: a temp folder)")
+    args = ap.parse_args(argv)
+
+    vocab = synthetic_vocab()
+    t0 = time.perf_counter()
+    traces = synthetic_traces(args.traces, args.length, args.k, vocab)
+    print(f"built {len(traces)} synthetic traces x {args.length} tokens, k={args.k} "
+          f"in {time.perf_counter() - t0:.1f} s (not timed)")
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "bench.duckdb"
+        store = Store(path)
+        run_id, rates = bench_writes(store, traces, args.batch, vocab, Path(tmp) / "raw.duckdb")
+        rows = args.traces * args.length
+        med = {k: statistics.median(v[1:] or v) for k, v in rates.items()}  # batch 1 is warm-up
+        n = len(rates["store"])
+        print(f"\nwrite: {n} batches of {args.batch} traces ({args.batch * args.length:,} token rows "
+              f"each, top-{args.k} lists), medians of batches 2..{n}, interleaved with the raw insert:")
+        print(f"  Store.add_traces    {med['store']:>11,.0f} rows/s wall  {med['store_cpu']:>11,.0f} rows/CPU-s"
+              f"  ratio to target {med['store'] / WRITE_TARGET:.2f} "
+              f"({'OK' if med['store'] >= WRITE_TARGET else 'BELOW TARGET'})")
+        print(f"  raw DuckDB insert   {med['raw']:>11,.0f} rows/s wall  {med['raw_cpu']:>11,.0f} rows/CPU-s"
+              f"  ratio to target {med['raw'] / WRITE_TARGET:.2f}")
+        print(f"  Store / raw DuckDB: {med['store'] / med['raw']:.2f} (wall), "
+              f"{med['store_cpu'] / med['raw_cpu']:.2f} (CPU)")
+        print(f"  file size with {rows:,} tokens: {path.stat().st_size / 2**20:.0f} MiB; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+        counts = Store(path).counts()
+        trace_id = int(Store(path).traces(run_id)["trace_id"].iloc[len(traces) // 2])
+        times = bench_queries(path, run_id, trace_id, args.repeats)
+        print(f"\nqueries with {counts['tokens']:,} tokens in the store "
+              f"(median of {args.repeats}, fresh Store per call):")
+        for q, ts in times.items():
+            m = statistics.median(t for t, _ in ts)
+            c = statistics.median(c for _, c in ts)
+            print(f"  {q:36s} {m * 1000:7.1f} ms wall ({c * 1000:6.1f} ms CPU)  ratio to "
+                  f"{QUERY_TARGET * 1000:.0f} ms: {m / QUERY_TARGET:.2f} ({'OK' if m < QUERY_TARGET else 'OVER TARGET'})")
+        print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+if __name__ == "__main__":
+    main()

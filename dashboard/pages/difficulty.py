@@ -1,0 +1,128 @@
+"""Difficulty and the U-shape: mean sequence entropy per difficulty bin, one curve per run."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import streamlit as st
+
+from analysis import difficulty as dif
+from analysis import metrics
+from analysis.store import Store
+from dashboard import charts_difficulty as charts
+from dashboard import state
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_stats(path: str, version: int, run_ids: tuple[int, ...]) -> pd.DataFrame:
+    return Store(path).trace_stats(list(run_ids))
+
+
+def parse_edges(text: str) -> tuple[float, ...] | None:
+    """'0, 0.5, 1' -> (0.0, 0.5, 1.0); empty -> None."""
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    return tuple(float(p) for p in parts) if parts else None
+
+
+st.title("Difficulty and the U-shape")
+st.caption("DiffAdapt (arXiv 2510.19669) reports mean trace entropy that is high on easy problems, lower on "
+           "medium ones and high again on hard ones (a 22-25% drop from easy to medium). Test it on your runs: "
+           "difficulty from the problem set's level or from the pass rate over the samples of each problem "
+           "(ARES buckets, arXiv 2510.08457: ≥ 2/3 easy, ≥ 1/3 medium, else hard).")
+
+runs = state.cached(state.runs)
+run_a = state.select_run("difficulty.run_a", runs)
+if run_a is None:
+    st.stop()
+labels = {r.run_id: state.run_label(r) for r in runs.itertuples()}
+others = [r for r in runs["run_id"].tolist() if r != run_a]
+compare = st.checkbox("Compare with a second run (another model or temperature)", key="difficulty.compare",
+                      disabled=not others)
+run_ids = [int(run_a)]
+if compare and others:
+    run_b = st.selectbox("Second run", others, format_func=labels.get, key="difficulty.run_b")
+    run_ids.append(int(run_b))
+
+stats = state.cached(load_stats, tuple(run_ids))
+estimators = dif.available_estimators(stats)
+if not estimators:
+    st.warning("These runs have no entropy values (their source gave neither logits nor top-k logprobs).")
+    st.stop()
+
+c1, c2, c3 = st.columns([1.2, 1.2, 1.6])
+estimator = c1.selectbox("Estimator", estimators, key="difficulty.estimator",
+                         help="\n".join(f"- **{e}**: {metrics.ESTIMATORS[e]}" for e in estimators))
+phase = c2.radio("Phase", list(metrics.PHASES), horizontal=True, key="difficulty.phase",
+                 help="Sequence entropy over the whole completion, the thinking part or the answer part "
+                      "(split at the run's end-of-thinking marker).")
+axis = c3.radio("Difficulty from", ["level", "pass_rate"], horizontal=True, key="difficulty.axis",
+                format_func={"level": "problem level", "pass_rate": "pass rate over samples"}.get)
+
+c4, c5, c6 = st.columns([1.6, 1.6, 1])
+if axis == "level":
+    edges_text = c4.text_input("Level bin edges (empty: one bin per level)", "", key="difficulty.level_edges",
+                               placeholder="e.g. 1, 3, 5, 7")
+else:
+    edges_text = c4.text_input("Pass-rate bin edges (empty: ARES buckets)", "", key="difficulty.pr_edges",
+                               placeholder="e.g. 0, 0.25, 0.75, 1")
+labels_text = c5.text_input("Bin labels (optional, comma-separated)", "", key="difficulty.labels")
+min_samples = c6.number_input("Min graded samples", 1, 64, 1, key="difficulty.min_samples",
+                              disabled=axis != "pass_rate",
+                              help="Problems with fewer graded samples get no pass-rate bin.")
+try:
+    edges = parse_edges(edges_text)
+    bin_labels = tuple(x.strip() for x in labels_text.split(",") if x.strip()) or None
+    binning = dif.Binning(axis, edges, bin_labels if edges else None, int(min_samples))
+    binned, summary = dif.difficulty_table(stats, estimator, phase, binning)
+except ValueError as e:  # DifficultyError and bad numbers in the edges
+    st.error(str(e))
+    st.stop()
+
+if summary.empty:
+    st.info("No trace falls into a difficulty bin (no levels, or no graded samples).")
+    st.stop()
+
+unit = state.unit()
+scale = 1 / metrics.LN2 if unit == "bits" else 1.0
+axis_title = "problem level" if axis == "level" else "pass-rate bucket (easy → hard)"
+fig = charts.u_shape_figure(summary, {r: labels.get(r, f"run {r}") for r in run_ids}, unit, estimator, phase,
+                            axis_title)
+st.plotly_chart(fig, width="stretch", key="difficulty.figure")
+
+bins_all = summary.sort_values("bin_order")["bin"].drop_duplicates().tolist()
+cols = st.columns(len(run_ids))
+for col, rid in zip(cols, run_ids):
+    s = summary[summary.run_id == rid]
+    with col:
+        st.markdown(f"**{html.escape(labels.get(rid, f'run {rid}'))}**")
+        if s.empty:
+            st.info("No binned traces in this run.")
+            continue
+        names = s.sort_values("bin_order")["bin"].tolist()
+        u0 = dif.u_shape(summary, rid)
+        e1, e2 = st.columns(2)
+        easy = e1.selectbox("easy bin", names, index=names.index(u0.easy), key=f"difficulty.easy.{rid}")
+        medium = e2.selectbox("medium bin", names, index=names.index(u0.medium), key=f"difficulty.medium.{rid}")
+        u = dif.u_shape(summary, rid, easy, medium)
+        st.metric(f"entropy change {easy} → {medium}",
+                  "n/a" if pd.isna(u.change_pct) else f"{u.change_pct:+.1f}%",
+                  help="100 × (H_medium − H_easy) / H_easy, mean sequence entropy; DiffAdapt reports −22..−25%.")
+        if u.u_shape is True:
+            st.success(f"U-shape: the lowest entropy is in {u.lowest}, and both end bins lie above it "
+                       "(95% intervals apart).")
+        elif u.u_shape is False:
+            st.warning("No U-shape on this run: " + "; ".join(u.notes))
+        else:
+            st.info("; ".join(u.notes))
+        table = s[["bin", "count", "mean_entropy", "ci_low", "ci_high", "accuracy", "graded", "mean_tokens"]].copy()
+        for c in ("mean_entropy", "ci_low", "ci_high"):
+            table[c] = table[c] * scale
+        table = table.rename(columns={"mean_entropy": f"mean H ({unit})", "ci_low": "95% CI low",
+                                      "ci_high": "95% CI high", "mean_tokens": "mean tokens"})
+        st.dataframe(table, hide_index=True, width="stretch")
+
+excluded = int(binned["bin"].isna().sum())
+if excluded:
+    st.caption(f"{excluded} trace(s) fall in no bin (no level, or their problem has no graded sample) and are "
+               "left out. Ungraded traces count in the entropy but not in the accuracy.")

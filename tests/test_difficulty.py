@@ -1,0 +1,129 @@
+"""Difficulty bins, per-bin statistics with t-intervals, the U-shape verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import difficulty as dif
+from analysis.difficulty import Binning, DifficultyError
+from analysis.trace import Trace
+
+
+def _frame(rows):
+    """rows: (run_id, problem_id, level, correct, entropy, n_tokens)"""
+    df = pd.DataFrame(rows, columns=["run_id", "problem_id", "level", "correct", "entropy", "n_tokens"])
+    df["trace_id"] = np.arange(len(df))
+    df["sample_idx"] = df.groupby("problem_id").cumcount()
+    df["n"] = df["n_tokens"]
+    return df
+
+
+def test_t_quantiles():
+    q = dif.t975(np.array([0, 1, 2, 10, 30, 60, 1000]))
+    assert np.isnan(q[0])
+    assert q[1:5] == pytest.approx([12.706, 4.303, 2.228, 2.042])
+    assert q[5] == pytest.approx(2.000, abs=2e-3) and q[6] == pytest.approx(1.962, abs=2e-3)
+
+
+def test_level_bins_summary_by_hand():
+    df = _frame([(1, "a", 1, True, 2.0, 10), (1, "b", 1, True, 4.0, 30), (1, "c", 2, False, 1.0, 50),
+                 (1, "d", 2, None, 1.0, 70), (1, "e", 2, True, 1.0, 90)])
+    s = dif.bin_summary(dif.assign_bins(df, Binning("level")))
+    lv1 = s.iloc[0]
+    assert (lv1["bin"], lv1["count"], lv1["mean_entropy"], lv1["mean_tokens"]) == ("level 1", 2, 3.0, 20.0)
+    # sd = sqrt(2), half width = t(1) * sd / sqrt(2) = 12.706
+    assert lv1["ci_low"] == pytest.approx(3.0 - 12.706) and lv1["ci_high"] == pytest.approx(3.0 + 12.706)
+    lv2 = s.iloc[1]
+    assert lv2["accuracy"] == pytest.approx(0.5) and lv2["graded"] == 2  # the ungraded trace is left out
+    assert lv2["ci_low"] == pytest.approx(1.0) and lv2["ci_high"] == pytest.approx(1.0)
+
+
+def test_ares_buckets_from_pass_rate():
+    rows = []
+    # problem p1: 3/3 correct (easy); p2: 1/3 (medium: >= 1/3); p3: 0/3 (hard); p4: ungraded
+    for pid, oks in {"p1": [1, 1, 1], "p2": [1, 0, 0], "p3": [0, 0, 0], "p4": [None] * 3}.items():
+        for ok in oks:
+            rows.append((1, pid, None, None if ok is None else bool(ok), 1.0, 5))
+    b = dif.assign_bins(_frame(rows), Binning("pass_rate"))
+    got = b.groupby("problem_id")["bin"].first().to_dict()
+    assert got["p1"] == "easy" and got["p2"] == "medium" and got["p3"] == "hard"
+    assert pd.isna(got["p4"])
+    assert b.loc[b.problem_id == "p2", "pass_rate"].iloc[0] == pytest.approx(1 / 3)
+
+
+def test_user_bins_on_pass_rate_are_ordered_easy_first():
+    rows = [(1, f"p{i}", None, ok, 1.0, 5) for i, ok in enumerate([True, False, True, True])]
+    b = dif.assign_bins(_frame(rows), Binning("pass_rate", edges=(0, 0.5, 1.0), labels=("hard", "easy")))
+    assert set(b.loc[b.correct, "bin"]) == {"easy"} and set(b.loc[~b.correct.astype(bool), "bin"]) == {"hard"}
+    assert b.loc[b.bin == "easy", "bin_order"].iloc[0] == 0
+
+
+def test_user_bins_on_level():
+    df = _frame([(1, str(i), lv, True, 1.0, 5) for i, lv in enumerate([1, 2, 3, 4, 5, 6])])
+    b = dif.assign_bins(df, Binning("level", edges=(1, 3, 5, 6)))
+    assert b["bin"].tolist() == ["[1, 3)", "[1, 3)", "[3, 5)", "[3, 5)", "[5, 6]", "[5, 6]"]
+
+
+def test_bad_binning_and_missing_axes():
+    with pytest.raises(DifficultyError, match="increasing"):
+        Binning("level", edges=(2, 1))
+    with pytest.raises(DifficultyError, match="labels"):
+        Binning("level", edges=(0, 1, 2), labels=("a",))
+    df = _frame([(1, None, None, True, 1.0, 5)])
+    with pytest.raises(DifficultyError, match="no difficulty level"):
+        dif.assign_bins(df, Binning("level"))
+    with pytest.raises(DifficultyError, match="no problem ids"):
+        dif.assign_bins(df, Binning("pass_rate"))
+
+
+def _u_rows(run, means, per_bin=8, spread=0.05):
+    rng = np.random.default_rng(0)
+    rows = []
+    for lv, m in enumerate(means, 1):
+        for j in range(per_bin):
+            rows.append((run, f"{run}-{lv}-{j}", lv, True, m + spread * rng.standard_normal(), 40))
+    return rows
+
+
+def test_u_shape_verdict_and_change():
+    df = _frame(_u_rows(1, [2.0, 1.5, 1.6, 2.2]) + _u_rows(2, [2.0, 1.9, 1.8, 1.7]))
+    s = dif.bin_summary(dif.assign_bins(df))
+    u1, u2 = dif.u_shape(s, 1), dif.u_shape(s, 2)
+    assert u1.u_shape is True and u1.lowest == "level 2"
+    e = s[(s.run_id == 1)].set_index("bin")["mean_entropy"]
+    assert u1.medium == "level 3" and u1.change_pct == pytest.approx(100 * (e["level 3"] - e["level 1"]) / e["level 1"])
+    assert u2.u_shape is False and "end bin" in " ".join(u2.notes)
+    u = dif.u_shape(s, 1, easy="level 1", medium="level 2")
+    assert u.change_pct == pytest.approx(100 * (e["level 2"] - e["level 1"]) / e["level 1"])
+
+
+def test_u_shape_overlapping_intervals_is_not_significant():
+    df = _frame(_u_rows(1, [2.0, 1.9, 2.0], per_bin=3, spread=0.5))
+    u = dif.u_shape(dif.bin_summary(dif.assign_bins(df)), 1)
+    assert u.u_shape is False and any("not significant" in n or "end bin" in n for n in u.notes)
+
+
+def test_from_store_by_phase(store):
+    traces = []
+    for lv in (1, 2, 3):
+        for s in range(2):
+            h = np.array([lv, lv, 0.5, 0.5], float)
+            traces.append(Trace("q", ["a", "b", "Final answer:", " 1"], np.zeros(4), entropy_full=h,
+                                marker="Final answer:",
+                                metadata={"problem_id": f"L{lv}", "level": float(lv), "correct": s == 0,
+                                          "sample_idx": s}))
+    run = store.create_run("r", "test")
+    store.add_traces(run, traces)
+    stats = store.trace_stats([run])
+    assert "full" in dif.available_estimators(stats)
+    _, think = dif.difficulty_table(stats, "full", "thinking")
+    _, ans = dif.difficulty_table(stats, "full", "answer")
+    # the marker token counts as thinking (metrics.phase_boundary)
+    assert think["mean_entropy"].tolist() == pytest.approx([(2 * lv + 0.5) / 3 for lv in (1, 2, 3)])
+    assert ans["mean_entropy"].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    _, pr = dif.difficulty_table(stats, "full", "all", Binning("pass_rate"))
+    assert pr["bin"].tolist() == ["medium"] * 1 and pr["count"].iloc[0] == 6
+    with pytest.raises(DifficultyError, match="unknown phase"):
+        dif.trace_frame(stats, "full", "middle")

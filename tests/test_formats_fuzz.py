@@ -1,0 +1,116 @@
+"""Property-based fuzzing of every reader: any bytes give traces or a TraceError, nothing else."""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analysis.formats import FORMATS
+from analysis.formats.base import Context, Problems
+from analysis.formats.ingest import read_traces
+from analysis.trace import Trace, TraceError
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "formats"
+TEXT_FIXTURES = sorted(p for p in FIX.iterdir() if p.suffix in (".jsonl", ".json", ".csv"))
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def read_all(data: bytes, fmt: str | None, suffix: str = ".jsonl") -> list[Trace]:
+    """Every trace of ``data`` read as ``fmt`` (None: detected); TraceError for any problem."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"fuzz{suffix}"
+        path.write_bytes(data)
+        pr = Problems(path.name)
+        traces = list(read_traces(path, Context(problems=pr), fmt))
+        pr.raise_if_any()
+    return traces
+
+
+def check(data: bytes, fmt: str | None, suffix: str = ".jsonl") -> None:
+    try:
+        traces = read_all(data, fmt, suffix)
+    except TraceError:
+        return
+    assert all(isinstance(t, Trace) for t in traces)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+
+
+def leaves(obj, path=()):
+    """Every (path, value) inside a JSON value."""
+    yield path, obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from leaves(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from leaves(v, path + (i,))
+
+
+def replaced(obj, path, value):
+    if not path:
+        return value
+    obj = json.loads(json.dumps(obj, allow_nan=True))
+    cur = obj
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = value
+    return obj
+
+
+@pytest.mark.parametrize("fmt", [None, *FORMATS])
+@FUZZ
+@given(data=st.binary(max_size=600), suffix=st.sampled_from(SUFFIXES))
+def test_any_bytes(fmt, data, suffix):
+    check(data, fmt, suffix)
+
+
+@pytest.mark.parametrize("fixture", [p.name for p in TEXT_FIXTURES])
+@FUZZ
+@given(cut=st.integers(0, 10**6), flip=st.integers(0, 10**6), byte=st.integers(0, 255), fmt_pick=st.integers(0, 99))
+def test_truncated_and_corrupted_fixtures(fixture, cut, flip, byte, fmt_pick):
+    data = bytearray((FIX / fixture).read_bytes())
+    data = data[: cut % (len(data) + 1)]
+    if data:
+        data[flip % len(data)] = byte
+    fmts = [None, *FORMATS]
+    check(bytes(data), fmts[fmt_pick % len(fmts)], Path(fixture).suffix)
+
+
+JSON_FIXTURES = [p for p in TEXT_FIXTURES if p.suffix in (".jsonl", ".json")
+                 and not p.read_text().startswith("data:")]
+
+
+@pytest.mark.parametrize("fixture", [p.name for p in JSON_FIXTURES])
+@FUZZ
+@given(value=json_values, pick=st.integers(0, 10**6), fmt_pick=st.integers(0, 99))
+def test_any_field_replaced_by_any_json(fixture, value, pick, fmt_pick):
+    """Every field of a valid record, swapped for any JSON value, in its own format or detected."""
+    text = (FIX / fixture).read_text()
+    records = json.loads(text) if text.lstrip().startswith(("[", "{\n")) else [json.loads(x) for x in text.splitlines() if x.strip()]
+    if isinstance(records, dict):
+        records = [records]
+    rng = random.Random(pick)
+    i = rng.randrange(len(records))
+    spots = list(leaves(records[i]))
+    path, _ = spots[pick % len(spots)]
+    records[i] = replaced(records[i], path, value)
+    data = "\n".join(json.dumps(r, allow_nan=True) for r in records).encode()
+    fmt = None if fmt_pick % 2 else None if fixture.startswith("token_table") else _format_of(fixture)
+    check(data, fmt)
+
+
+def _format_of(fixture: str) -> str:
+    from analysis.formats import detect
+    return detect(FIX / fixture).format

@@ -1,0 +1,93 @@
+"""AppTest runs of the U-shape and early-stop pages on a small graded store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.difficulty_data import make_graded_store
+
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
+
+
+@pytest.fixture
+def graded_store(tmp_path):
+    return make_graded_store(tmp_path / "graded.duckdb")
+
+
+def _page(name, store) -> AppTest:
+    at = AppTest.from_file(str(PAGES / name), default_timeout=60)
+    at.session_state["store.path"] = str(store.path)
+    return at
+
+
+def _no_errors(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_difficulty_page_levels_and_two_runs(graded_store):
+    at = _page("difficulty.py", graded_store).run()
+    _no_errors(at)
+    assert len(at.get("plotly_chart")) == 1
+    assert any("entropy change" in m.label for m in at.metric)
+    at.checkbox(key="difficulty.compare").check().run()
+    _no_errors(at)
+    assert len(at.dataframe) == 2  # one table per run, side by side
+    at.radio(key="difficulty.phase").set_value("thinking").run()
+    at.radio(key="difficulty.axis").set_value("pass_rate").run()
+    _no_errors(at)
+    assert "easy" in at.selectbox(key=f"difficulty.easy.{1}").options
+
+
+def test_difficulty_page_bad_edges_message(graded_store):
+    at = _page("difficulty.py", graded_store).run()
+    at.text_input(key="difficulty.level_edges").input("3, 1").run()
+    assert at.error and "increasing" in at.error[0].value
+
+
+def test_difficulty_page_bits_changes_axis(graded_store):
+    at = _page("difficulty.py", graded_store)
+    at.session_state["unit"] = "bits"
+    at.run()
+    _no_errors(at)
+    import json
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "bits, full" in fig["layout"]["yaxis"]["title"]["text"]
+
+
+def test_early_stop_page_gate_and_streaming(graded_store):
+    at = _page("early_stop.py", graded_store).run()
+    _no_errors(at)
+    labels = [m.label for m in at.metric]
+    assert "τ_mean" in labels and "τ_info" in labels
+    assert any("tokens saved" in lab for lab in labels)
+    assert len(at.get("plotly_chart")) >= 3
+    before = [m.value for m in at.metric if "tokens saved" in m.label]
+    slider = at.slider(key="early_stop.tau.nats")
+    slider.set_value(slider.max).run()
+    _no_errors(at)
+    after = [m.value for m in at.metric if "tokens saved" in m.label]
+    assert before != after
+    at.radio(key="early_stop.mode").set_value("gate").run()
+    _no_errors(at)
+    at.button(key="early_stop.use_mean").click().run()
+    _no_errors(at)
+    # replay is offered only where the run's model can be loaded: say why not
+    assert any("Replay is not available" in i.value for i in at.info)
+
+
+def test_early_stop_page_needs_grades(tmp_path):
+    import numpy as np
+
+    from analysis.store import Store
+    from analysis.trace import Trace
+
+    store = Store(tmp_path / "ungraded.duckdb")
+    rid = store.create_run("plain", "test")
+    store.add_traces(rid, [Trace("q", ["a", "b"], np.zeros(2), entropy_full=np.ones(2))])
+    at = _page("early_stop.py", store).run()
+    assert not at.exception
+    assert at.warning and "graded" in at.warning[0].value
