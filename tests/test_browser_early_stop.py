@@ -9,7 +9,7 @@ from tests.difficulty_data import make_graded_store
 
 
 def _state(page) -> tuple[list[str], list[str]]:
-    notes = page.locator(".js-plotly-plot .annotation-text").all_inner_texts()
+    notes = page.locator(".js-plotly-plot .annotation-text").all_text_contents()
     metrics = page.locator("[data-testid='stMetricValue']").all_inner_texts()
     return notes, metrics
 

@@ -100,6 +100,13 @@ def show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def bad_utf8(e: UnicodeDecodeError, where: str = "") -> str:
+    """The message for bytes that are not UTF-8 (the offending byte, and where if known)."""
+    obj = e.object if isinstance(e.object, (bytes, bytearray)) else b""
+    what = f"byte 0x{obj[e.start]:02x}" if e.start < len(obj) else "a character cut off at the end"
+    return f"not valid UTF-8 ({what}{', ' + where if where else ''})"
+
+
 def kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             type(None): "null"}.get(type(value), "a number")
@@ -266,6 +273,8 @@ def _read_tokens_fast(entries: list, keys: Keys) -> Tokens:
             raise _Bad
         ids = np.array([-1 if v is None else v for v in raw], dtype=np.int64)
     byte_rows = [e.get(keys.bytes) for e in entries] if keys.bytes else None
+    if byte_rows is not None and not all(b is None or _is_byte_list(b) for b in byte_rows):
+        raise _Bad
     tops = [e.get(keys.top) or () for e in entries]
     if not set(map(type, tops)) <= {list, tuple}:
         raise _Bad

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..trace import TraceError
 from . import batch, completions, llamacpp, ollama, openai_chat, plaintext, responses, sglang, tables
-from .base import Problems
+from .base import Problems, bad_utf8
 from .jsonstream import first_char, iter_values
 
 #: JSON readers in the order ties are broken (most specific first)
@@ -67,10 +67,13 @@ def detect(path: str | Path, name: str | None = None) -> Detection:
     if path.stat().st_size == 0:
         raise TraceError(f"{name}: the file is empty")
     if _is_parquet(path):
-        info = tables.parquet_export_info(path)
-        if info is not None:
-            return Detection(tables.EXPORT, 1.0, container="parquet")
-        fmt, score = tables.sniff_columns(tables.columns(path))
+        try:
+            info = tables.parquet_export_info(path)
+            if info is not None:
+                return Detection(tables.EXPORT, 1.0, container="parquet")
+            fmt, score = tables.sniff_columns(tables.columns(path))
+        except tables.TABLE_ERRORS as e:
+            raise TraceError(f"{name}: not a readable Parquet file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from e
         return Detection(fmt, score, container="parquet")
     c = first_char(path)
     if c in ("{", "["):
@@ -85,8 +88,8 @@ def detect(path: str | Path, name: str | None = None) -> Detection:
     try:
         cols = tables.columns(path)
     except UnicodeDecodeError as e:
-        raise TraceError(f"{name}: not valid UTF-8 (byte 0x{e.object[e.start]:02x} at byte offset {e.start})") from e
-    except Exception as e:  # pandas raises a handful of types for a file that is not CSV
+        raise TraceError(f"{name}: {bad_utf8(e, f'at byte offset {e.start}')}") from e
+    except tables.TABLE_ERRORS as e:
         raise TraceError(f"{name}: neither JSON nor a readable CSV table ({str(e).splitlines()[0]})") from e
     fmt, score = tables.sniff_columns(cols)
     if fmt:

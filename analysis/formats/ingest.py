@@ -104,11 +104,16 @@ def read_traces(path: str | Path, ctx: Context, format: str | None = None,
     d = resolve_format(path, name, format)
     fmt = d.format
     pr = ctx.problems
+    if fmt in (tables.EXPORT, tables.TABLE) and d.container != "json":
+        reader = (tables.export_traces(path, ctx, progress, d.container) if fmt == tables.EXPORT
+                  else tables.table_traces(path, ctx, progress))
+        try:
+            yield from reader
+        except tables.TABLE_ERRORS as e:  # pandas/pyarrow on a file that is not the table it claims
+            pr.add(f"not a readable {d.container.upper()} table: {_first_line(e)}")
+        return
     if fmt == tables.EXPORT:
         yield from tables.export_traces(path, ctx, progress, d.container)
-        return
-    if fmt == tables.TABLE:
-        yield from tables.table_traces(path, ctx, progress)
         return
     if fmt == plaintext.NAME and d.container == "csv":
         yield from plaintext.traces(plaintext.csv_rows(path, pr), ctx)
@@ -117,6 +122,11 @@ def read_traces(path: str | Path, ctx: Context, format: str | None = None,
     if reader is None or d.container != "json":
         raise TraceError(f"{name}: format {fmt} is not read from a {d.container} file")
     yield from reader.traces(iter_values(path, pr, progress), ctx)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def available_fields(path: str | Path, format: str | None = None, n: int = 20) -> list[str]:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .base import Problems
+from .base import Problems, bad_utf8
 
 CHUNK = 1 << 20
 #: a single JSON value larger than this (in characters) is refused rather than buffered
@@ -96,7 +96,7 @@ def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                pr.add(f"not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})", line=lineno)
+                pr.add(bad_utf8(e, f"at column {e.start + 1}"), line=lineno)
                 continue
             try:
                 value = json.loads(text)
@@ -143,8 +143,10 @@ def _iter_document(path: Path, pr: Problems, progress, limit, array: bool) -> It
             try:
                 text = dec.decode(chunk, final=not chunk)
             except UnicodeDecodeError as e:
-                pr.add(f"not valid UTF-8 (byte 0x{chunk[e.start]:02x} near byte offset "
-                       f"{read_bytes - len(chunk) + e.start})", line=line + buf.count("\n", pos))
+                bad = e.object[e.start] if e.start < len(e.object) else None
+                what = f"byte 0x{bad:02x}" if bad is not None else "a character cut off"
+                pr.add(f"not valid UTF-8 ({what} near byte offset {read_bytes - len(chunk) + e.start})",
+                       line=line + buf.count("\n", pos))
                 eof = True
                 return False
             if not chunk:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..trace import Trace
-from .base import Context, Problems, Skip, flat_fields, map_metadata, render_messages
+from .base import Context, Problems, bad_utf8, Skip, flat_fields, map_metadata, render_messages
 
 NAME = "plain_text"
 TITLE = "Plain-text traces (prompt + completion, JSON Lines or CSV), scored by a local model"
@@ -52,7 +52,7 @@ def csv_rows(path: Path, pr: Problems, limit: int | None = None) -> Iterator[tup
                 if limit is not None and n >= limit:
                     return
         except UnicodeDecodeError as e:
-            pr.add(f"not valid UTF-8 (byte 0x{e.object[e.start]:02x})", line=reader.line_num + 1)
+            pr.add(bad_utf8(e), line=reader.line_num + 1)
         except csv.Error as e:
             pr.add(f"not valid CSV: {e}", line=reader.line_num)
 

@@ -26,13 +26,15 @@ import pyarrow.parquet as pq
 
 from ..store import ENTROPY_COLUMNS, TRACE_META_COLUMNS, json_settings
 from ..trace import Trace
-from .base import Context, Problems, Skip, map_metadata, show
+from .base import Context, Problems, bad_utf8, Skip, map_metadata, show
 
 TABLE = "token_table"
 TABLE_TITLE = "Token table (Parquet or CSV, one row per token)"
 EXPORT = "thinkscope"
 EXPORT_TITLE = "thinkscope export (Parquet, CSV or JSON Lines)"
 BATCH_ROWS = 65536
+#: what pandas and pyarrow raise for a file that is not a readable table
+TABLE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError, pa.ArrowException, UnicodeDecodeError)
 
 COLUMN_SYNONYMS: dict[str, tuple[str, ...]] = {
     "trace": ("trace_id", "trace", "trace_idx", "sequence_id", "seq_id", "sample_id", "completion_id",
@@ -121,7 +123,7 @@ def frames(path: Path, pr: Problems, progress=None, csv_dtypes: dict | None = No
                 if progress:
                     progress(min(total, int(total * row / max(row + 1, 1))))
     except UnicodeDecodeError as e:
-        pr.add(f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at byte offset {e.start} of a block)")
+        pr.add(bad_utf8(e))
     except (pd.errors.ParserError, ValueError) as e:
         pr.add(f"not a readable CSV table: {str(e).splitlines()[0]}")
 
