@@ -19,7 +19,7 @@ from analysis.trace import Trace, TraceError
 FIX = Path(__file__).resolve().parent / "fixtures" / "formats"
 TEXT_FIXTURES = sorted(p for p in FIX.iterdir() if p.suffix in (".jsonl", ".json", ".csv"))
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def read_all(data: bytes, fmt: str | None, suffix: str = ".jsonl") -> list[Trace]:

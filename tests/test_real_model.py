@@ -24,7 +24,7 @@ def test_generate_store_query_greedy(embedded_lm, store):
     settings = GenerationSettings(max_new_tokens=16, do_sample=False, samples=1, top_k=20)
     res = record_run(store, embedded_lm, [Prompt("What is 2 + 3?"), Prompt("Name a colour.")], settings, "e2e")
     assert (res.n_traces, res.status) == (2, "complete")
-    traces = store.traces(res.run_id)
+    traces = store.traces(res.run_id, with_completion=True)
     assert len(traces) == 2 and (traces["estimator"] == "full").all()
     for tid in traces["trace_id"]:
         tok = store.tokens(int(tid))

@@ -116,6 +116,18 @@ class Skip(Exception):
     """Internal: the current record is unusable; its problems are already recorded."""
 
 
+def guarded(pr: "Problems", fn, *args, **kwargs):
+    """Run a record parser; a record whose structure surprises it becomes a problem of that
+    record (with the exception's words) instead of a crash, and the reading goes on."""
+    try:
+        return fn(*args, **kwargs)
+    except Skip:
+        return None
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, OverflowError) as e:
+        pr.add(f"the record does not have the expected structure ({type(e).__name__}: {str(e)[:120]})")
+        return None
+
+
 # --------------------------------------------------------------------------- field access
 
 

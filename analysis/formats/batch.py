@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ..trace import Trace
 from . import completions, openai_chat
-from .base import Context, Skip, get, show
+from .base import Context, Skip, get, guarded, show
 
 NAME = "openai_batch"
 TITLE = "OpenAI / vLLM Batch API output (joined on custom_id)"
@@ -66,14 +66,18 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
                 continue
             resp = get(obj, "response", "response", pr, dict)
             status = resp.get("status_code", 200)
+            if not isinstance(resp.get("body"), dict) and status != 200:
+                pr.warn(f"request {cid} failed with status {show(status)} (not imported)")
+                continue
             body = get(resp, "body", "response.body", pr, dict)
             if status != 200:
-                err = body.get("error") if isinstance(body.get("error"), dict) else {}
+                err = body["error"] if isinstance(body.get("error"), dict) else {}
                 pr.warn(f"request {cid} failed with status {status}: {show(err.get('message'), 120)} (not imported)")
                 continue
             request = (ctx.requests or {}).get(cid)
+            request = request if isinstance(request, dict) else None
             mod = completions if completions.sniff(body) >= 1.0 else openai_chat
-            for t in mod.parse(body, _Prefixed(ctx), source_id=cid, request=request):
+            for t in guarded(pr, mod.parse, body, _Prefixed(ctx), source_id=cid, request=request) or []:
                 t.metadata.setdefault("custom_id", cid)
                 yield t
         except Skip:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (Context, Keys, Skip, Tokens, flat_fields, map_metadata, prompt_from, read_tokens, repair,
+from .base import (Context, Keys, Skip, Tokens, flat_fields, guarded, map_metadata, prompt_from, read_tokens, repair,
                    to_trace, with_thinking)
 
 NAME = "llamacpp"
@@ -71,10 +71,8 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
 
 
 def _safe(obj: Any, ctx: Context) -> list[Trace]:
-    try:
-        return [parse(obj, ctx)]
-    except Skip:
-        return []
+    t = guarded(ctx.problems, parse, obj, ctx)
+    return [] if t is None else [t]
 
 
 def parse(obj: Any, ctx: Context) -> Trace:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..trace import Trace
-from .base import Context, Keys, Skip, flat_fields, map_metadata, prompt_from, read_tokens, repair, to_trace, with_thinking
+from .base import Context, Keys, Skip, flat_fields, guarded, map_metadata, prompt_from, read_tokens, repair, to_trace, with_thinking
 
 NAME = "ollama"
 TITLE = "Ollama /api/generate and /api/chat (also streamed NDJSON)"
@@ -53,17 +53,15 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
             merged["chat"] = "message" in obj
             pr.line = acc[0]
             acc = None
-            try:
-                yield parse(merged, ctx)
-            except Skip:
-                pass
+            t = guarded(pr, parse, merged, ctx)
+            if t is not None:
+                yield t
     if acc is not None:
         pr.line = acc[0]
         pr.warn("a streamed response without its done: true record (cut off); imported as far as it goes")
-        try:
-            yield parse(acc[1], ctx)
-        except Skip:
-            pass
+        t = guarded(pr, parse, acc[1], ctx)
+        if t is not None:
+            yield t
 
 
 def parse(merged: dict, ctx: Context) -> Trace:

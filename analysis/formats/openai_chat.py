@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (THINKING_FIELDS, Context, Keys, Skip, flat_fields, get, map_metadata, prompt_from,
+from .base import (THINKING_FIELDS, Context, Keys, Skip, flat_fields, get, guarded, map_metadata, prompt_from,
                    read_tokens, repair, to_trace, with_thinking)
 
 NAME = "openai_chat"
@@ -46,7 +46,7 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
     for line, obj in values:
         pr.line = line
         if isinstance(obj, dict) and obj.get("object") == "chat.completion.chunk":
-            done = _add_chunk(pending, line, obj)
+            done = guarded(pr, _add_chunk, pending, line, obj)
             if done is not None:
                 pr.line = done[0]
                 yield from _safe(done[1], ctx)
@@ -59,10 +59,7 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
 
 
 def _safe(obj: Any, ctx: Context) -> list[Trace]:
-    try:
-        return parse(obj, ctx)
-    except Skip:
-        return []
+    return guarded(ctx.problems, parse, obj, ctx) or []
 
 
 def _add_chunk(pending: dict, line: int, chunk: dict) -> tuple[int, dict] | None:
@@ -121,6 +118,9 @@ def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | 
                 pr.bad(p, ch, "an object")
                 continue
             msg = ch.get("message") or ch.get("delta") or {}
+            if not isinstance(msg, dict):
+                pr.bad(f"{p}.message", msg, "an object")
+                continue
             lp = ch.get("logprobs")
             if lp is None:
                 pr.missing(f"{p}.logprobs", "the server was not asked for logprobs; import the text with "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..trace import Trace
-from .base import Context, Keys, Skip, Tokens, flat_fields, get, map_metadata, prompt_from, read_tokens, repair, to_trace
+from .base import Context, guarded, Keys, Skip, Tokens, flat_fields, get, map_metadata, prompt_from, read_tokens, repair, to_trace
 
 NAME = "openai_responses"
 TITLE = "OpenAI Responses API (output_text logprobs)"
@@ -32,10 +32,9 @@ def sniff(obj: Any) -> float:
 def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
     for line, obj in values:
         ctx.problems.line = line
-        try:
-            yield parse(obj, ctx)
-        except Skip:
-            continue
+        t = guarded(ctx.problems, parse, obj, ctx)
+        if t is not None:
+            yield t
 
 
 def parse(obj: Any, ctx: Context) -> Trace:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import Context, Skip, Tokens, flat_fields, is_number, map_metadata, prompt_from, repair, show, to_trace
+from .base import Context, guarded, Skip, Tokens, flat_fields, is_number, map_metadata, prompt_from, repair, show, to_trace
 
 NAME = "sglang"
 TITLE = "SGLang native /generate (meta_info logprob tuples)"
@@ -28,10 +28,9 @@ def sniff(obj: Any) -> float:
 def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
     for line, obj in values:
         ctx.problems.line = line
-        try:
-            yield parse(obj, ctx)
-        except Skip:
-            continue
+        t = guarded(ctx.problems, parse, obj, ctx)
+        if t is not None:
+            yield t
 
 
 def parse(obj: Any, ctx: Context) -> Trace:

@@ -118,7 +118,7 @@ for name, path, p, err in previews:
             blocked = True
             more = f" (the first {len(p.problems)} shown)" if p.n_problems > len(p.problems) else ""
             st.error(f"{p.n_problems} problem(s){more}; fix the file or the mapping, nothing can be imported:\n\n"
-                     + "\n".join(f"- {html.escape(x)}" for x in p.problems))
+                     + "\n".join(f"- {html.escape(x, quote=False)}" for x in p.problems))
         for w in p.warnings:
             st.warning(w)
         for i, t in enumerate(p.traces):
@@ -186,7 +186,7 @@ if st.button("Import", type="primary", disabled=blocked, key="upload.import"):
         st.session_state["upload.duplicate"] = (str(e), e.run_id)
     except ThinkscopeError as e:
         bar.empty()
-        st.error(html.escape(str(e)).replace("\n", "  \n"))
+        st.error(html.escape(str(e), quote=False).replace("\n", "  \n"))
     else:
         bar.progress(1.0, text="Done")
         st.session_state["upload.last"] = [(r.run_id, r.name, r.n_traces, r.n_tokens) for r in results]

@@ -1,0 +1,120 @@
+"""The Upload page: AppTest with files set on the uploader, and a real browser upload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.browser import ROOT, browser_page, streamlit_server, wait_for_app
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "formats"
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+def upload_page(monkeypatch, store) -> AppTest:
+    """The app opened on the Upload page (through st.navigation, so switch_page works)."""
+    monkeypatch.setenv("THINKSCOPE_STORE", str(store.path))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/upload.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Upload trace files"
+    return at
+
+
+def files(*names: str) -> list[tuple[str, bytes, str]]:
+    return [(n, (FIX / n).read_bytes(), "application/octet-stream") for n in names]
+
+
+def test_upload_preview_import_and_land_on_the_run(monkeypatch, store):
+    at = upload_page(monkeypatch, store)
+    at.file_uploader(key="upload.files").set_value(files("openai_chat.jsonl", "xss_tokens.jsonl"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = [(m.label, m.value) for m in at.metric]
+    assert metrics == [("Format", "openai_chat"), ("Traces", "2"), ("Tokens", "10"),
+                       ("Format", "openai_chat"), ("Traces", "1"), ("Tokens", "3")]
+    body = "".join(h.proto.body for h in at.get("html"))
+    assert 'class="tok"' in body  # the preview renders tokens as in the trace explorer
+    assert "&lt;img src=x onerror=alert(1)&gt;" in body and "<img src=x" not in body
+    assert "<script>" not in body and "</script>" not in body
+    at.button(key="upload.import").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Trace explorer"  # landed on the new run
+    runs = store.runs()
+    assert runs["name"].tolist() == ["openai_chat", "xss_tokens"]
+    assert at.session_state["selected.run_id"] == int(runs["run_id"].iloc[-1])
+
+
+def test_upload_reports_problems_and_blocks_import(monkeypatch, store):
+    at = upload_page(monkeypatch, store)
+    bad = (FIX / "openai_chat.jsonl").read_bytes().replace(b'"logprob": -0.2,', b'"logprob": "abc",', 1)
+    at.file_uploader(key="upload.files").set_value([("traces.jsonl", bad, "application/json")])
+    at.run()
+    assert not at.exception
+    text = " ".join(e.value for e in at.error)
+    assert 'traces.jsonl line 1: choices[0].logprobs.content[1].logprob is "abc", expected a number' in text
+    assert at.button(key="upload.import").disabled
+    assert store.counts()["runs"] == 0
+
+
+def test_upload_same_file_twice_says_so(monkeypatch, store):
+    from analysis.formats import ingest_file
+    first = ingest_file(store, FIX / "token_table.csv")
+    at = upload_page(monkeypatch, store)
+    at.file_uploader(key="upload.files").set_value(files("token_table.csv"))
+    at.run()
+    assert [m.value for m in at.metric][:3] == ["token_table", "2", "5"]
+    at.button(key="upload.import").click()
+    at.run()
+    assert not at.exception
+    assert f"already imported as run #{first.run_id}" in at.warning[0].value
+    assert store.counts()["runs"] == 1
+
+
+def test_upload_field_mapping_and_format_override(monkeypatch, store):
+    at = upload_page(monkeypatch, store)
+    at.file_uploader(key="upload.files").set_value(files("token_table.csv"))
+    at.run()
+    at.selectbox(key="upload.map.problem_id").set_value("difficulty")
+    at.run()
+    at.run()  # the mapping change reruns the page once
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["upload.field_map"] == {"problem_id": "difficulty"}
+    at.button(key="upload.import").click()
+    at.run()
+    assert store.traces(int(store.runs()["run_id"].iloc[0]))["problem_id"].tolist() == ["3", "5"]
+    at = upload_page(monkeypatch, store)
+    at.file_uploader(key="upload.files").set_value(files("ollama_generate.jsonl"))
+    at.run()
+    assert [m.value for m in at.metric][0] == "ollama"
+    at.selectbox(key="upload.format").set_value("openai_chat")
+    at.run()
+    assert "choices is missing" in " ".join(e.value for e in at.error)
+
+
+@pytest.mark.slow
+def test_browser_upload_opens_the_new_trace(store, tmp_path):
+    dialogs = []
+    with streamlit_server(store.path) as url, browser_page() as page:
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url + "/upload")
+        wait_for_app(page)
+        page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(
+            str(FIX / "xss_tokens.jsonl"))
+        page.get_by_text("openai_chat", exact=True).first.wait_for(timeout=60000)
+        page.get_by_role("button", name="Import").click()
+        page.get_by_role("heading", name="Trace explorer").wait_for(timeout=60000)
+        wait_for_app(page)
+        page.wait_for_selector("span.tok", timeout=60000)
+        toks = page.locator("span.tok")
+        assert toks.count() == 3
+        assert toks.nth(0).inner_text() == "<img src=x onerror=alert(1)>"
+        assert toks.nth(1).inner_text() == "</script>"
+        assert page.locator("img[src='x']").count() == 0 and not dialogs
+        page.screenshot(path=str(tmp_path / "upload-explorer.png"), full_page=True)
+    assert store.runs()["name"].tolist() == ["xss_tokens"]
