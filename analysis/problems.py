@@ -27,7 +27,7 @@ CHOICE_FIELDS = ("choices", "options")
 #: the bundled sets live here as <name>.jsonl; `data/problems/make_problems.py` writes them
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "problems"
 BUNDLED_SEED = 0
-BUNDLED_PER_LEVEL = 20
+BUNDLED_PER_LEVEL = 16
 LEVEL_WORDS = {"easy": 1.0, "medium": 2.0, "hard": 3.0}
 ID_FIELDS = ("id", "problem_id", "qid", "uid")
 LEVEL_FIELDS = ("level", "difficulty")
@@ -55,29 +55,33 @@ ITEMS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "coins"
 
 
 def _make(level: int, rng: random.Random) -> tuple[str, int]:
-    """One question of ``level`` (1 easiest .. 6 hardest) and its integer answer."""
+    """One question of ``level`` (1 easiest .. 6 hardest) and its integer answer.
+
+    Tuned on the embedded SmolLM2-135M-Instruct (T = 0.7) so that its pass rate falls from
+    mostly right (level 1) to mostly wrong (levels 4-6); see data/problems/make_problems.py.
+    """
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     if level == 1:
+        a = rng.randint(2, 9)
+        return f"What is {a} * 1?", a
+    if level == 2:
+        a, b = rng.randint(1, 4), rng.randint(1, 4)
+        return f"What is {a} + {b}?", a + b
+    if level == 3:
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         return f"What is {a} + {b}?", a + b
-    if level == 2:
+    if level == 4:
         a, b = rng.randint(10, 99), rng.randint(10, 99)
         if rng.random() < 0.5:
             return f"What is {a} + {b}?", a + b
         a, b = max(a, b), min(a, b)
         return f"What is {a} - {b}?", a - b
-    if level == 3:
+    if level == 5:
         a, b, c = rng.randint(3, 20), rng.randint(2, 15), rng.randint(2, 9)
         return f"{name} has {a} {item}, buys {b} more, then gives away {c}. How many {item} does {name} have now?", a + b - c
-    if level == 4:
-        a, b = rng.randint(12, 99), rng.randint(3, 9)
-        return f"What is {a} * {b}?", a * b
-    if level == 5:
-        boxes, per, eaten = rng.randint(3, 9), rng.randint(4, 12), rng.randint(2, 10)
-        return (f"{name} buys {boxes} boxes of {item} with {per} {item} in each box and loses {eaten} of them. "
-                f"How many {item} are left?"), boxes * per - eaten
-    a, b, c = rng.randint(101, 999), rng.randint(11, 99), rng.randint(10, 99)
-    return f"What is {a} * {b} - {c}?", a * b - c
+    boxes, per, lost = rng.randint(3, 9), rng.randint(4, 12), rng.randint(2, 10)
+    return (f"{name} buys {boxes} boxes of {item} with {per} {item} in each box and loses {lost} of them. "
+            f"How many {item} are left?"), boxes * per - lost
 
 
 def generate_problem_set(per_level: int = 10, levels=range(1, 7), seed: int = 0) -> list[Problem]:

@@ -11,6 +11,7 @@ longer than ``lock_timeout`` seconds.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -167,6 +168,17 @@ def _engine() -> duckdb.DuckDBPyConnection:
         _ATTACHED.clear()
         eng = _ENGINE[pid] = duckdb.connect(":memory:")
     return eng
+
+
+@atexit.register
+def _close_engine() -> None:
+    """Close the engine before the interpreter tears DuckDB's bindings down (an engine
+    left open makes nanobind print leak reports at exit)."""
+    with _ENGINE_LOCK:
+        eng = _ENGINE.pop(os.getpid(), None)
+        _ATTACHED.clear()
+        if eng is not None:
+            eng.close()
 
 
 @dataclass

@@ -18,15 +18,19 @@ def _state(page) -> tuple[list[str], list[str]]:
 def test_threshold_slider_moves_the_figures(tmp_path):
     store = make_graded_store(tmp_path / "browser.duckdb", runs=1)
     with streamlit_server(store.path) as url, browser_page() as page:
-        page.goto(url + "/early-stop")
+        page.goto(url)
+        wait_for_app(page)
+        # through the navigation, as a user would (a deep link can race the page registry)
+        page.locator("[data-testid='stSidebarNav'] a").filter(has_text="Early stopping").click()
+        wait_for_app(page)
+        page.get_by_text("streaming stop").click()
         wait_for_app(page)
         page.wait_for_selector(".js-plotly-plot .annotation-text", timeout=60000)
         notes0, metrics0 = _state(page)
         assert any(n.startswith("τ = ") for n in notes0), notes0
         slider = page.locator("[data-testid='stSlider']").filter(has_text="Threshold τ").get_by_role("slider")
         slider.focus()
-        for _ in range(60):
-            slider.press("ArrowRight")
+        slider.press("End")  # the highest threshold: every trace stops as early as allowed
         page.wait_for_function(
             "(before) => { const t = [...document.querySelectorAll('.js-plotly-plot .annotation-text')]"
             ".map(e => e.textContent); return t.length && JSON.stringify(t) !== before; }",

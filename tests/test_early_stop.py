@@ -242,3 +242,30 @@ def test_cli_grade_difficulty_calibrate(tmp_path, capsys):
     assert loaded.source_run == 1 and loaded.rule.tau == pytest.approx(loaded.calibration["tau_info"])
     assert main(["--store", s, "grade", "1", "--rule", "regex", "--regex", "("]) == 2
     assert "bad regular expression" in capsys.readouterr().err
+
+
+def test_generate_graded_records_pass_rates(tiny_lm, store, tmp_path, capsys):
+    import argparse
+    import json
+
+    from analysis.cli_difficulty import generate_graded, problem_prompts
+    from analysis.record import GenerationSettings
+
+    pfile = tmp_path / "p.jsonl"
+    pfile.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "question": "What is 1 + 1?", "answer": "2", "level": 1},
+        {"id": "b", "question": "Pick one", "choices": ["x", "y"], "answer": "B", "level": 2}]))
+    prompts = problem_prompts(str(pfile))
+    assert "letter of your choice" in prompts[1].text and "followed by the number" in prompts[0].text
+    settings = GenerationSettings(max_new_tokens=6, do_sample=False, top_k=0, samples=2, marker="Final answer:")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(es.EarlyStopConfig("tiny-llama", "full", StopRule("streaming", 100.0, 1, 2),
+                                      answer_tokens=2).to_json())
+    for early in (None, str(cfg)):
+        args = argparse.Namespace(problems=str(pfile), early_stop=early)
+        assert generate_graded(args, store, tiny_lm, prompts, settings, "g", None) == 0
+    out = capsys.readouterr().out
+    assert "level  traces  graded  correct  pass rate" in out and "early stop: 4 of 4 traces stopped" in out
+    settings_json = [json.loads(x) for x in store.runs()["settings"]]
+    assert [r["level"] for r in settings_json[0]["pass_rates"]] == [1.0, 2.0]
+    assert settings_json[0]["pass_rates"][0]["n"] == 2 and "early_stop_result" in settings_json[1]

@@ -414,3 +414,70 @@ def test_ingest_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("thinkscope: error: openai_chat.jsonl: the very same file")
     assert main(["--store", db, "ingest", str(FIX / "token_table.csv"), "--format", "openai_chat"]) == 2
+
+
+# --------------------------------------------------------------------------- the columnar fast path
+
+
+def _read(path: Path, fast: bool):
+    from analysis.formats.base import Context, Problems
+    from analysis.formats.ingest import read_traces
+    ctx = Context(problems=Problems(path.name))
+    traces = list(read_traces(path, ctx, fast=fast))
+    return ctx, traces
+
+
+def _same_trace(a, b) -> None:
+    assert a.tokens == b.tokens and a.prompt == b.prompt and a.boundary == b.boundary
+    assert a.source_id == b.source_id and a.metadata == b.metadata
+    np.testing.assert_array_equal(a.logprobs, b.logprobs)
+    for name in ("token_ids", "topk_ids", "topk_logprobs"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["openai_chat.jsonl", "split_bytes.jsonl", "xss_tokens.jsonl", "sglang_chat.jsonl",
+                                  "answer_only_reasoning.jsonl", "vllm_reasoning.jsonl", "llamacpp_chat.jsonl",
+                                  "openai_chat_stream.jsonl"])
+def test_fast_path_reads_exactly_like_the_slow_path(name):
+    fast_ctx, fast = _read(FIX / name, True)
+    slow_ctx, slow = _read(FIX / name, False)
+    assert len(fast) == len(slow) and fast_ctx.problems.total == slow_ctx.problems.total == 0
+    for a, b in zip(fast, slow):
+        _same_trace(a, b)
+    assert fast_ctx.local.ids == slow_ctx.local.ids  # the same run-local ids, in the same order
+    if name in ("openai_chat.jsonl", "split_bytes.jsonl", "xss_tokens.jsonl", "sglang_chat.jsonl"):
+        assert fast_ctx.fast_records == len(fast)  # these went through the columnar reader
+
+
+def test_fast_path_hands_over_mid_file(store, tmp_path):
+    """Records the columnar reader cannot take (here: a field that changes type after some blocks) are
+    read by the slow reader from there on; the result is the same as the slow reader's."""
+    from analysis.formats import fastchat
+    line = (FIX / "openai_chat.jsonl").read_text().splitlines()[0]
+    rec = json.loads(line)
+    lines = [json.dumps({**rec, "id": f"r{i}"}) for i in range(40)]
+    p = tmp_path / "mixed.jsonl"
+    bad_type = {**rec, "id": "r-last", "metadata": {"problem_id": 7, "level": "hard 2"}}
+    p.write_text("\n".join(lines) + "\n" + json.dumps(bad_type) + "\n")
+    old = fastchat.BLOCK_BYTES
+    fastchat.BLOCK_BYTES = 4096  # many blocks, so that the hand-over happens after some of them
+    try:
+        fast_ctx, fast = _read(p, True)
+    finally:
+        fastchat.BLOCK_BYTES = old
+    slow_ctx, slow = _read(p, False)
+    assert 0 < fast_ctx.fast_records < 41 and len(fast) == len(slow) == 41
+    for a, b in zip(fast, slow):
+        _same_trace(a, b)
+    assert fast_ctx.local.ids == slow_ctx.local.ids
+    assert fast[-1].metadata["problem_id"] == "7" and fast[-1].metadata["level"] == 2.0
+
+
+def test_fast_path_problems_have_exact_lines(store, tmp_path):
+    line = (FIX / "openai_chat.jsonl").read_text().splitlines()[0]
+    p = tmp_path / "gaps.jsonl"
+    p.write_text(line + "\n\n\n" + line + "\n")  # blank lines, then a duplicate id
+    assert problems_of(store, p) == ["gaps.jsonl line 4: duplicate trace id 'chatcmpl-A1' (also at line 1)"]

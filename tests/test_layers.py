@@ -239,3 +239,44 @@ def test_embedded_last_layer_equals_token_entropy(embedded_lm):
     assert (tr.layers["attn_entropy"] <= np.log(t + 1.0)[:, None] + 1e-4).all()
     norm = tr.layers["attn_entropy_norm"]
     assert np.nanmin(norm) >= 0 and np.nanmax(norm) <= 1 + 1e-5
+
+
+def test_split_anchors_explorers():
+    a = np.array([0.1, 0.5, np.nan, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0])
+    g = L.split_anchors_explorers(a, 20)
+    assert g[2] == "none"
+    assert set(np.flatnonzero(g == "anchor")) == {0, 6}       # 0.1, 0.2: at or below the 20th percentile
+    assert set(np.flatnonzero(g == "explorer")) == {3, 10}    # 0.9, 1.0: at or above the 80th
+    assert (g == "middle").sum() == 6
+    assert (L.split_anchors_explorers(np.full(3, np.nan)) == "none").all()
+    with pytest.raises(ValueError):
+        L.split_anchors_explorers(a, 60)
+
+
+def test_difficulty_bins_and_profile_groups():
+    import pandas as pd
+
+    by_level = pd.DataFrame({"trace_id": [1, 2], "level": [1.0, np.nan]})
+    assert L.difficulty_bins(by_level).tolist() == ["level 1", "unknown"]
+    by_rate = pd.DataFrame({"trace_id": [1, 2, 3, 4, 5, 6], "level": [np.nan] * 6,
+                            "problem_id": ["a", "a", "a", "b", "b", "c"],
+                            "correct": [True, True, False, False, True, False]})
+    assert L.difficulty_bins(by_rate).tolist() == ["easy", "easy", "easy", "medium", "medium", "hard"]
+    prof = pd.DataFrame({"trace_id": [1, 1, 2, 2, 3, 3], "k": [0, 1] * 3, "mean": [1.0, 2.0, 3.0, 4.0, 5.0, np.nan]})
+    out = L.profile_groups(prof, pd.Series({1: "x", 2: "x", 3: "y"}), [4, 8])
+    x = out[out.group == "x"].set_index("layer")
+    assert x.loc[4, "mean"] == 2.0 and x.loc[8, "mean"] == 3.0 and x.loc[4, "n"] == 2
+    assert np.isclose(x.loc[4, "hi"] - x.loc[4, "mean"], 1.96 * np.sqrt(2) / np.sqrt(2))
+    y = out[out.group == "y"]
+    assert y["layer"].tolist() == [4] and np.isnan(y["lo"].iloc[0])  # one trace: no interval
+
+
+def test_analysis_layers_does_not_import_streamlit():
+    import subprocess
+    import sys
+
+    code = "import analysis.layers, analysis.record, sys; print('streamlit' in sys.modules)"
+    from tests.browser import ROOT
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
+    assert out.stdout.strip() == "False", out.stderr

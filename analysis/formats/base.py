@@ -385,7 +385,7 @@ def repair(t: Tokens) -> Tokens:
     earlier ones get ''), so the joined text is exactly the decoded completion.
     """
     toks = t.tokens
-    if any(s.startswith("token_id:") for s in toks):
+    if "token_id:" in "".join(toks):
         ids = t.token_ids.copy() if t.token_ids is not None else np.full(t.n, -1, dtype=np.int64)
         toks = list(toks)
         for i, s in enumerate(toks):
@@ -396,7 +396,7 @@ def repair(t: Tokens) -> Tokens:
                     toks[i] = ""  # the text is unknown; the id is kept
         t = Tokens(toks, t.logprobs, ids, t.top_tokens, t.top_logprobs, t.top_ids, t.byte_rows)
     if t.top_tokens is not None and t.top_ids is None and \
-            any(s.startswith("token_id:") for row in t.top_tokens for s in row if s):
+            "token_id:" in "".join(s for row in t.top_tokens for s in row if s):
         ids = np.full((t.n, t.k), -1, dtype=np.int64)
         rows = []
         for i, row in enumerate(t.top_tokens):
@@ -412,25 +412,18 @@ def repair(t: Tokens) -> Tokens:
     br = t.byte_rows
     if br is None or all(b is None for b in br):
         return t
-    needs = False
-    for s, b in zip(t.tokens, br):
-        if b is None:
-            continue
-        if not _is_byte_list(b):
-            return t  # reported by the caller's checks; keep the text
-        try:
-            if bytes(b).decode("utf-8") != s:
-                needs = True
-                break
-        except UnicodeDecodeError:
-            needs = True
-            break
-    if not needs:
+    if not all(b is None or _is_byte_list(b) for b in br):
+        return t  # reported by the caller's checks; keep the text
+    # the text needs rebuilding unless every token's bytes are exactly its text's encoding:
+    # same concatenation and same lengths means the same pieces
+    pieces = [bytes(b) if b is not None else s.encode("utf-8", "surrogatepass") for s, b in zip(t.tokens, br)]
+    if b"".join(pieces) == "".join(t.tokens).encode("utf-8", "surrogatepass") and \
+            [len(x) for x in pieces] == [len(s.encode("utf-8", "surrogatepass")) for s in t.tokens]:
         return t
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out = []
-    for s, b in zip(t.tokens, br):
-        out.append(dec.decode(bytes(b) if b is not None else s.encode("utf-8")))
+    for piece in pieces:
+        out.append(dec.decode(piece))
     tail = dec.decode(b"", final=True)
     if tail and out:
         out[-1] += tail
@@ -488,11 +481,66 @@ def with_thinking(t: Tokens, thinking: str | None, answer: str | None,
     return pre.concat(t), m, {"thinking_source": "field", "thinking_logprobs": False}
 
 
+class LocalIds:
+    """Run-local ids (from ``LOCAL_ID_BASE``) for alternatives known only by their text.
+
+    Assigned in order of first appearance, exactly as ``store.build_batch`` would assign them,
+    but vectorised (a pandas factorize per trace instead of a dict lookup per alternative).
+    New (id, text) pairs wait in ``new`` until the caller writes them as vocab rows.
+    """
+
+    def __init__(self) -> None:
+        from ..store import LOCAL_ID_BASE
+        self.ids: dict[str, int] = {}
+        self.next = LOCAL_ID_BASE
+        self.new: list[tuple[int, str]] = []
+
+    def assign(self, texts: np.ndarray) -> np.ndarray:
+        """ids for an object array of texts (None -> -1)."""
+        import pandas as pd
+        codes, uniques = pd.factorize(texts, use_na_sentinel=True)
+        lut = np.empty(len(uniques), dtype=np.int64)
+        for j, text in enumerate(uniques.tolist()):
+            i = self.ids.get(text)
+            if i is None:
+                i = self.ids[text] = self.next
+                self.new.append((i, text))
+                self.next += 1
+            lut[j] = i
+        return np.where(codes >= 0, lut[np.maximum(codes, 0)] if len(lut) else -1, -1)
+
+    def mark(self) -> tuple[int, int]:
+        return self.next, len(self.new)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget the ids given out since ``mark`` (they were never stored)."""
+        nxt, n_new = mark
+        for i, text in self.new[n_new:]:
+            del self.ids[text]
+        del self.new[n_new:]
+        self.next = nxt
+
+    def text(self) -> dict[int, str]:
+        return {i: s for s, i in self.ids.items()}
+
+
 def to_trace(t: Tokens, *, prompt: str = "", boundary: int | None = None, marker: str | None = "</think>",
              source_id: str | None = None, metadata: dict | None = None,
-             vocab: dict[int, str] | None = None) -> Trace:
-    """A canonical Trace from token columns; alternative ids go to ``vocab`` with their text."""
+             vocab: dict[int, str] | None = None, local: LocalIds | None = None) -> Trace:
+    """A canonical Trace from token columns. Alternatives with real ids put their text in
+    ``vocab``; alternatives known by text get run-local ids from ``local`` when given."""
     top_ids = t.top_ids
+    if t.k and top_ids is None and t.top_tokens is not None and local is not None:
+        flat = np.empty(t.n * t.k, dtype=object)
+        rows = _pad_rows(t.top_tokens, t.k)
+        flat[:] = [x for r in rows for x in r]
+        # alternatives with probability 0 (sentinels, NaN) are not stored: they take no id
+        flat[(~np.isfinite(t.top_logprobs) | (t.top_logprobs <= -9999.0)).ravel()] = None
+        ids = local.assign(flat).reshape(t.n, t.k)
+        return Trace(prompt=prompt or "", tokens=t.tokens, logprobs=t.logprobs,
+                     token_ids=None if t.token_ids is None or (t.token_ids < 0).all() else t.token_ids,
+                     topk_ids=ids, topk_logprobs=t.top_logprobs, boundary=boundary, marker=marker,
+                     source_id=source_id, metadata=metadata or {})
     if top_ids is not None and vocab is not None and t.top_tokens is not None:
         for row_ids, row_toks in zip(top_ids.tolist(), t.top_tokens):
             for i, s in zip(row_ids, row_toks):
@@ -646,4 +694,7 @@ class Context:
     lm: Any = None                                        # a LoadedModel where a reader needs one
     score_settings: Any = None
     requests: dict[str, dict] | None = None               # batch input: custom_id -> request body
+    local: LocalIds = field(default_factory=LocalIds)      # run-local ids of text alternatives
+    fast_used: bool = False                                # the columnar reader was tried
+    fast_records: int = 0                                  # records it read
     progress: Callable[[int, int], None] | None = None

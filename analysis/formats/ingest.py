@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -25,10 +26,10 @@ import numpy as np
 
 from ..store import Store
 from ..trace import Trace, TraceError
-from . import batch, plaintext, tables
+from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
 from .detect import FORMATS, JSON_READERS, Detection, describe_unknown, detect
-from .jsonstream import first_char, iter_values
+from .jsonstream import first_char, is_json_lines, iter_values
 
 #: files larger than this are refused (bytes); THINKSCOPE_MAX_UPLOAD_MB overrides it
 MAX_BYTES = int(float(os.environ.get("THINKSCOPE_MAX_UPLOAD_MB", 2048)) * (1 << 20))
@@ -97,8 +98,13 @@ def _looks_json(path: Path) -> bool:
 
 
 def read_traces(path: str | Path, ctx: Context, format: str | None = None,
-                progress: Callable[[int], None] | None = None, name: str | None = None) -> Iterator[Trace]:
-    """Stream the traces of a file (problems go to ``ctx.problems``; nothing is raised for them)."""
+                progress: Callable[[int], None] | None = None, name: str | None = None,
+                fast: bool = True) -> Iterator[Trace]:
+    """Stream the traces of a file (problems go to ``ctx.problems``; nothing is raised for them).
+
+    ``fast`` lets OpenAI chat JSON Lines go through the columnar reader (``fastchat``), which
+    hands over to the record-by-record reader wherever it cannot read exactly the same.
+    """
     path = Path(path)
     name = name or path.name
     d = resolve_format(path, name, format)
@@ -121,7 +127,19 @@ def read_traces(path: str | Path, ctx: Context, format: str | None = None,
     reader = next((m for m in JSON_READERS if m.NAME == fmt), None)
     if reader is None or d.container != "json":
         raise TraceError(f"{name}: format {fmt} is not read from a {d.container} file")
-    yield from reader.traces(iter_values(path, pr, progress), ctx)
+    done = 0
+    if fast and fmt == openai_chat.NAME and is_json_lines(path):
+        ctx.fast_used = True
+        try:
+            for done, traces in fastchat.batches(path, ctx, progress):
+                yield from traces
+            return
+        except fastchat.Fallback:
+            pass  # the slow reader goes on from the first record not read yet
+    values = iter_values(path, pr, progress)
+    if done:
+        values = itertools.islice(values, done, None)
+    yield from reader.traces(values, ctx)
 
 
 def _first_line(e: BaseException) -> str:
@@ -156,6 +174,7 @@ class Preview:
     n_problems: int
     warnings: list[str]
     fields: list[str]
+    vocab: dict[int, str] = field(default_factory=dict)   # text of the alternatives' ids
 
 
 def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: dict | None = None,
@@ -192,7 +211,7 @@ def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: 
         if not count and len(first) >= n:
             break
     return Preview(d, first, n_traces if count else None, n_tokens if count else None, pr.items, pr.total,
-                   pr.warnings, available_fields(path, d.format))
+                   pr.warnings, available_fields(path, d.format), {**ctx.vocab, **ctx.local.text()})
 
 
 # --------------------------------------------------------------------------- importing
@@ -269,6 +288,8 @@ def ingest_file(store: Store, path: str | Path, format: str | None = None, run_n
                     lock_timeout=5)
     try:
         n_traces, n_tokens, first_model = _stage(staging, path, name, d, ctx, size, progress, on_batch)
+        if pr.total and ctx.fast_used:
+            _diagnose(path, name, d, ctx)
         pr.raise_if_any()
         if n_traces == 0:
             raise TraceError(f"{name}: no traces in the file; nothing was imported")
@@ -299,7 +320,6 @@ def ingest_file(store: Store, path: str | Path, format: str | None = None, run_n
 def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, size: int,
            progress: ProgressFn | None, on_batch) -> tuple[int, int, str | None]:
     pr = ctx.problems
-    seen: dict[str, int | None] = {}
     pending: list[Trace] = []
     pending_tokens = 0
     n_traces = n_tokens = 0
@@ -312,17 +332,12 @@ def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, si
             nonlocal pending, pending_tokens
             if pending and not pr.total:
                 staging.add_traces(run_id, pending, ctx.vocab or None, con=con)
+                _write_local_vocab(con, run_id, ctx)
                 if on_batch:
                     on_batch(n_traces)
             pending, pending_tokens = [], 0
 
-        for t in read_traces(path, ctx, d.format, report, name):
-            if t.source_id is not None:
-                if t.source_id in seen:
-                    prev = seen[t.source_id]
-                    pr.add(f"duplicate trace id {t.source_id!r}" + (f" (also at line {prev})" if prev else ""))
-                else:
-                    seen[t.source_id] = pr.line
+        for t in unique_ids(read_traces(path, ctx, d.format, report, name), pr):
             if first_model is None and isinstance(t.metadata.get("model"), str):
                 first_model = t.metadata["model"]
             n_traces += 1
@@ -340,6 +355,44 @@ def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, si
     if progress:
         progress(size, size)
     return n_traces, n_tokens, first_model
+
+
+def unique_ids(traces: Iterator[Trace], pr: Problems) -> Iterator[Trace]:
+    """The traces, with a problem for each source id seen before in the same file."""
+    seen: dict[str, int | None] = {}
+    for t in traces:
+        if t.source_id is not None:
+            if t.source_id in seen:
+                prev = seen[t.source_id]
+                pr.add(f"duplicate trace id {t.source_id!r}" + (f" (also at line {prev})" if prev else ""))
+            else:
+                seen[t.source_id] = pr.line
+        yield t
+
+
+def _diagnose(path: Path, name: str, d: Detection, ctx: Context) -> None:
+    """Read a bad file again record by record, for problems with exact line numbers (the fast
+    path numbers records, which differ from lines when a file has blank lines)."""
+    pr = Problems(name)
+    slow = Context(problems=pr, field_map=ctx.field_map, marker=ctx.marker, lm=ctx.lm, requests=ctx.requests)
+    for _ in unique_ids(read_traces(path, slow, d.format, None, name, fast=False), pr):
+        if pr.full:
+            break
+    pr.raise_if_any()
+
+
+def _write_local_vocab(con, run_id: int, ctx: Context) -> None:
+    """Vocab rows for the run-local ids given out since the last batch (see ``LocalIds``)."""
+    if not ctx.local.new:
+        return
+    import pyarrow as pa
+    ids, texts = zip(*ctx.local.new)
+    tbl = pa.table({"run_id": pa.array([run_id] * len(ids), pa.int32()), "token_id": pa.array(ids, pa.int32()),
+                    "text": pa.array(texts, pa.string())})
+    con.register("_local_vocab", tbl)
+    con.execute("INSERT INTO vocab (run_id, token_id, text) SELECT run_id, token_id, text FROM _local_vocab")
+    con.unregister("_local_vocab")
+    ctx.local.new.clear()
 
 
 def _swap(store: Store, staging: Store, run: dict, digest: str) -> int:

@@ -37,6 +37,23 @@ def first_char(path: Path) -> str:
                 return chr(s[0])
 
 
+def is_json_lines(path: Path) -> bool:
+    """True for plain JSON Lines: the first line is one complete JSON object (not SSE, not an
+    array, not a pretty-printed document)."""
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.strip().lstrip(b"\xef\xbb\xbf")
+            if not line:
+                continue
+            if not line.startswith(b"{"):
+                return False
+            try:
+                return isinstance(json.loads(line), dict)
+            except ValueError:
+                return False
+    return False
+
+
 def iter_values(path: Path, pr: Problems, progress: Callable[[int], None] | None = None,
                 limit: int | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (line number, value) for each top-level record; bad ones become problems.

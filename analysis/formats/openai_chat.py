@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (THINKING_FIELDS, Context, Keys, Skip, flat_fields, get, guarded, map_metadata, prompt_from,
+from .base import (THINKING_FIELDS, Context, Keys, Skip, Tokens, flat_fields, get, guarded, map_metadata, prompt_from,
                    read_tokens, repair, to_trace, with_thinking)
 
 NAME = "openai_chat"
@@ -135,7 +135,8 @@ def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | 
             if entries is None:
                 pr.missing(where)
                 continue
-            t = read_tokens(entries, where, pr, KEYS)
+            # the columnar fast path (fastchat) hands over the token columns already cut out
+            t = entries if isinstance(entries, Tokens) else read_tokens(entries, where, pr, KEYS)
             tids = ch.get("token_ids")
             if isinstance(tids, list) and len(tids) == t.n and all(type(x) is int for x in tids):
                 t.token_ids = np.asarray(tids, dtype=np.int64)
@@ -149,7 +150,8 @@ def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | 
                 m["choice"] = i
             sid = None if rid is None else (str(rid) if len(choices) == 1 else f"{rid}:{i}")
             out.append(to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid,
-                                metadata=m, vocab=ctx.vocab))
+                                metadata=m, vocab=ctx.vocab,
+                    local=ctx.local))
         except Skip:
             continue
     return out

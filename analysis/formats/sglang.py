@@ -100,7 +100,8 @@ def parse(obj: Any, ctx: Context) -> Trace:
     if isinstance(mi.get("finish_reason"), dict):
         meta["finish_reason"] = mi["finish_reason"].get("type")
     sid = mi.get("id") if isinstance(mi.get("id"), str) else None
-    return to_trace(t, prompt=prompt_from(obj), marker=ctx.marker, source_id=sid, metadata=meta, vocab=ctx.vocab)
+    return to_trace(t, prompt=prompt_from(obj), marker=ctx.marker, source_id=sid, metadata=meta, vocab=ctx.vocab,
+                    local=ctx.local)
 
 
 def _tuple_ok(tup: Any, path: str, pr) -> bool:

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis import difficulty as dif
+from analysis import grading
 from analysis import metrics
 from analysis.store import Store
 from dashboard import charts_difficulty as charts
@@ -43,6 +44,24 @@ run_ids = [int(run_a)]
 if compare and others:
     run_b = st.selectbox("Second run", others, format_func=labels.get, key="difficulty.run_b")
     run_ids.append(int(run_b))
+
+with st.expander("Re-grade the first run (when the answer-extraction rule changes)"):
+    g1, g2, g3, g4 = st.columns([1.3, 1.6, 0.8, 0.8])
+    rule_name = g1.selectbox("Rule", list(grading.RULE_NAMES), key="difficulty.grade_rule",
+                             format_func=lambda r: f"{r}: {grading.RULE_NAMES[r]}")
+    regex = g2.text_input("Regular expression (rule 'regex')", "", key="difficulty.grade_regex",
+                          disabled=rule_name != "regex")
+    rel_tol = g3.number_input("Relative tolerance", 0.0, 1.0, 1e-6, format="%g", key="difficulty.rel_tol")
+    abs_tol = g4.number_input("Absolute tolerance", 0.0, 1e6, 1e-9, format="%g", key="difficulty.abs_tol")
+    if st.button("Re-grade", key="difficulty.regrade"):
+        try:
+            counts = grading.regrade_run(state.store(), int(run_a),
+                                         grading.GradingRule(rule_name, regex or None, rel_tol, abs_tol))
+        except ValueError as e:  # GradingError: a bad rule or regular expression
+            st.error(str(e))
+        else:
+            st.success(f"{counts['correct']} correct, {counts['wrong']} wrong, {counts['ungraded']} ungraded "
+                       "(an answer that cannot be extracted is ungraded, never wrong).")
 
 stats = state.cached(load_stats, tuple(run_ids))
 estimators = dif.available_estimators(stats)

@@ -118,6 +118,11 @@ except es.EarlyStopError as e:
     st.error(str(e))
     st.stop()
 
+n_ungraded = len(traces) - n_graded
+if n_ungraded:
+    st.caption(f"{n_ungraded} ungraded trace(s) (no gold answer, or no extractable answer) are left out of "
+               "calibration and curves.")
+
 # ---------------------------------------------------------------- calibration
 rt_all = load_tokens(str(s.path), s.version(), int(run_id), estimator)
 calib_mask = models["calib_mask"]

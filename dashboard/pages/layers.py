@@ -11,7 +11,8 @@ from analysis.store import ENTROPY_COLUMNS, Store, json_settings
 from dashboard import charts_layers as charts
 from dashboard import state
 
-MAX_HEATMAP_TOKENS = 400  # tokens drawn in one heatmap (a slider moves the window)
+LABELLED_TOKENS = 120     # up to this many tokens the heatmap's x axis shows the token texts
+MAX_HEATMAP_TOKENS = 800  # tokens drawn in one heatmap at most (a slider moves the window)
 HOW_TO_RECORD = (
     "This run has no per-layer records. They are opt-in because they cost one extra forward pass "
     "per trace. Record a run with them:\n\n"
@@ -115,8 +116,13 @@ st.caption("Recorded: " + "; ".join(recorded) + ". Row i is read at the position
 # ---------------------------------------------------------------- heatmaps
 st.subheader("Layer × token position")
 start, stop = 0, n
-if n > MAX_HEATMAP_TOKENS:
-    start, stop = st.slider("Tokens shown", 0, n, (0, MAX_HEATMAP_TOKENS), step=20, key="layers.range")
+if n > LABELLED_TOKENS:
+    start, stop = st.slider("Tokens shown", 0, n, (0, LABELLED_TOKENS), step=10, key="layers.range",
+                            help=f"Up to {LABELLED_TOKENS} tokens are labelled with their text under the "
+                                 f"heatmap; at most {MAX_HEATMAP_TOKENS} are drawn at once.")
+    if stop - start > MAX_HEATMAP_TOKENS:
+        stop = start + MAX_HEATMAP_TOKENS
+        st.caption(f"Showing tokens {start}–{stop - 1} ({MAX_HEATMAP_TOKENS} at most at once).")
 shown = tokens[start:stop]
 boundary = int(row.boundary)
 if lens is not None:

@@ -131,9 +131,11 @@ for name, path, p, err in previews:
             finite = h[np.isfinite(h)]
             vmax = float(np.percentile(state.convert(finite), 99)) if finite.size else 1.0
             alts = None
-            if t.k and t.topk_tokens is not None:
+            if t.k:
+                rows = t.topk_tokens if t.topk_tokens is not None else \
+                    [[p.vocab.get(int(i)) for i in ids] for ids in t.topk_ids]
                 alts = [[(a, lp) for a, lp in zip(row, lps) if a is not None and np.isfinite(lp)]
-                        for row, lps in zip(t.topk_tokens, t.topk_logprobs)]
+                        for row, lps in zip(rows, t.topk_logprobs)]
             shown = min(t.n_tokens, 400)
             st.html(charts.token_html(t.tokens[:shown], state.convert(h[:shown]), max(vmax, 1e-6), unit,
                                       t.estimator, alts, set(), t.boundary))

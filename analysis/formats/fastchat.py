@@ -1,0 +1,248 @@
+"""Columnar fast path for OpenAI chat completions in JSON Lines (the bulk of real dumps).
+
+Python's ``json`` builds a dict per alternative (20 per token at top-20) and reads about
+15-25 MB/s here; pyarrow's JSON reader parses blocks of lines in C++ on every core into
+columns. The per-token columns (token, logprob, bytes, alternatives) are cut out of those
+columns with numpy, and everything else of a record goes through the very same
+``openai_chat.parse`` as the slow path, so both give the same traces.
+
+Whenever the fast path meets something it does not handle exactly like the slow path (a
+parse problem, streamed chunks, timestamp-looking strings, ``token_id:N`` tokens, per-token
+ids, a schema change between blocks, ...), it raises ``Fallback`` before yielding anything
+of the current block; the caller then continues with the slow path from the first record
+not yet read, and reports problems with exact line numbers.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from ..trace import Trace
+from . import openai_chat
+from .base import Context, Tokens
+
+BLOCK_BYTES = 16 << 20
+
+
+class Fallback(Exception):
+    """The fast path cannot read this block exactly like the slow path."""
+
+
+class _Counting(io.RawIOBase):
+    """A file wrapper that reports how many bytes were read (progress)."""
+
+    def __init__(self, f, progress: Callable[[int], None] | None):
+        self.f, self.progress, self.done = f, progress, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.f.readinto(b)
+        self.done += n or 0
+        if self.progress:
+            self.progress(self.done)
+        return n
+
+
+def batches(path: Path, ctx: Context, progress: Callable[[int], None] | None = None
+            ) -> Iterator[tuple[int, list[Trace]]]:
+    """(records read so far, traces of one block); raises Fallback (see module docstring)."""
+    rows_done = 0
+    with open(path, "rb", buffering=0) as raw:
+        src = _Counting(raw, progress)
+        try:
+            reader = pj.open_json(src, read_options=pj.ReadOptions(block_size=BLOCK_BYTES, use_threads=True))
+        except (pa.ArrowException, ValueError, OSError) as e:
+            raise Fallback(str(e)) from e
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowException, ValueError, OSError) as e:
+                raise Fallback(str(e)) from e
+            traces = _block(batch, ctx, rows_done)
+            rows_done += batch.num_rows
+            yield rows_done, traces
+
+
+def _has_timestamp(t: pa.DataType) -> bool:
+    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_timestamp(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_timestamp(t.value_type)
+    return False
+
+
+def _field(arr: pa.Array, name: str) -> pa.Array | None:
+    if not pa.types.is_struct(arr.type) or arr.type.get_field_index(name) < 0:
+        return None
+    return pc.struct_field(arr, name)
+
+
+def _lengths(lists: pa.Array) -> np.ndarray:
+    return pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _floats(arr: pa.Array, null: float) -> np.ndarray:
+    if not (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_null(arr.type)):
+        raise Fallback(f"numbers of type {arr.type}")
+    return np.array(pc.cast(arr, pa.float64()).fill_null(null).to_numpy(zero_copy_only=False), copy=True)
+
+
+def _block(batch: pa.RecordBatch, ctx: Context, first_row: int) -> list[Trace]:
+    mark = ctx.local.mark()
+    try:
+        return _read_block(batch, ctx, first_row)
+    except Fallback:
+        ctx.local.rollback(mark)  # ids given to this block's alternatives were never stored
+        raise
+    except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError) as e:
+        # a shape of data this reader did not foresee: the record-by-record reader decides
+        ctx.local.rollback(mark)
+        raise Fallback(f"{type(e).__name__}: {e}") from e
+
+
+def _read_block(batch: pa.RecordBatch, ctx: Context, first_row: int) -> list[Trace]:
+    pr = ctx.problems
+    if "choices" not in batch.schema.names or any(_has_timestamp(f.type) for f in batch.schema):
+        raise Fallback("no choices column, or strings read as timestamps")
+    choices = batch.column("choices")
+    if not pa.types.is_list(choices.type) or not pa.types.is_struct(choices.type.value_type):
+        raise Fallback("choices is not a list of objects")
+    if "object" in batch.schema.names and pc.any(pc.equal(batch.column("object"), "chat.completion.chunk")).as_py():
+        raise Fallback("streamed chunks")
+    n_choices = _lengths(choices)
+    flat = pc.list_flatten(choices)
+    logprobs = _field(flat, "logprobs")
+    content = _field(logprobs, "content") if logprobs is not None else None
+    if content is None or not pa.types.is_list(content.type) or pa.types.is_null(content.type.value_type):
+        raise Fallback("no logprobs.content")
+    ent = pc.list_flatten(content)
+    if _field(ent, "id") is not None:
+        raise Fallback("per-token ids")
+    tok = _field(ent, "token")
+    if tok is None or not pa.types.is_string(tok.type) or tok.null_count:
+        raise Fallback("token texts")
+    lens = _lengths(content)
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    tok_py = tok.to_pylist()
+    lpv = _floats(_field(ent, "logprob") if _field(ent, "logprob") is not None else pa.nulls(len(ent)), np.nan)
+    top = _field(ent, "top_logprobs")
+    k_all = 0
+    alt = None
+    if top is not None and pa.types.is_list(top.type) and not pa.types.is_null(top.type.value_type):
+        tl = _lengths(top)
+        k_all = int(tl.max(initial=0))
+    if k_all:
+        alts = pc.list_flatten(top)
+        alt_tok = _field(alts, "token")
+        if alt_tok is None or not pa.types.is_string(alt_tok.type) or alt_tok.null_count:
+            raise Fallback("alternative texts")
+        alt_lp = _floats(_field(alts, "logprob") if _field(alts, "logprob") is not None else pa.nulls(len(alts)),
+                         -np.inf)
+        alt_lp[np.isnan(alt_lp)] = -np.inf
+        dead = ~np.isfinite(alt_lp) | (alt_lp <= -9999.0)
+        live_tok = pc.if_else(pa.array(dead), pa.nulls(len(alt_tok), pa.string()), alt_tok)
+        enc = pc.dictionary_encode(live_tok)
+        codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        alt_ids = ctx.local.assign(np.asarray(enc.dictionary.to_pylist(), dtype=object))[np.maximum(codes, 0)]
+        alt_ids[codes < 0] = -1
+        alt = (tl, np.concatenate([[0], np.cumsum(tl)]), alt_lp, alt_ids)
+    if "token_id:" in "".join(tok_py) or (k_all and pc.any(pc.starts_with(alt_tok, "token_id:")).as_py()):
+        raise Fallback("token_id:N tokens")
+    byte_rows_needed = _bytes_disagree(ent, tok)
+
+    # the rest of each record, as Python objects, for openai_chat.parse
+    rows = batch.drop_columns(["choices"]).to_pylist()
+    ch_fields = {f.name: pc.struct_field(flat, f.name).to_pylist() for f in flat.type if f.name != "logprobs"}
+    lp_fields = {f.name: pc.struct_field(logprobs, f.name).to_pylist() for f in logprobs.type if f.name != "content"}
+    lp_valid = logprobs.is_valid().to_numpy(zero_copy_only=False)
+    content_valid = content.is_valid().to_numpy(zero_copy_only=False)
+    bytes_col = _field(ent, "bytes")
+
+    before = (pr.total, len(pr.warnings))
+    out: list[Trace] = []
+    c = 0
+    for r, obj in enumerate(rows):
+        chs = []
+        for _ in range(int(n_choices[r])):
+            ch = {name: vals[c] for name, vals in ch_fields.items()}
+            if lp_valid[c]:
+                lp = {name: vals[c] for name, vals in lp_fields.items()}
+                if content_valid[c]:
+                    a, b = int(starts[c]), int(starts[c + 1])
+                    lp["content"] = _tokens(a, b, tok_py, lpv, alt, bytes_col if byte_rows_needed else None)
+                else:
+                    lp["content"] = None
+                ch["logprobs"] = lp
+            else:
+                ch["logprobs"] = None
+            chs.append(ch)
+            c += 1
+        obj["choices"] = chs
+        pr.line = first_row + r + 1
+        out.extend(openai_chat._safe(obj, ctx))
+        ctx.fast_records += 1
+        if pr.total != before[0] or len(pr.warnings) != before[1]:
+            del pr.items[before[0]:], pr.warnings[before[1]:]
+            pr.total = before[0]
+            raise Fallback("a record with a problem")
+    return out
+
+
+def _bytes_disagree(ent: pa.Array, tok: pa.Array) -> bool:
+    """True when some token's ``bytes`` differ from its text's UTF-8 (a split character)."""
+    b = _field(ent, "bytes")
+    if b is None or pa.types.is_null(b.type):
+        return False
+    if not pa.types.is_list(b.type) or not (pa.types.is_integer(b.type.value_type) or pa.types.is_null(b.type.value_type)):
+        raise Fallback("bytes of another type")
+    has = b.is_valid()
+    blen = _lengths(b)
+    tlen = pc.binary_length(tok).to_numpy(zero_copy_only=False)
+    hv = has.to_numpy(zero_copy_only=False)
+    if (blen[hv] != tlen[hv]).any():
+        return True
+    vals = pc.list_flatten(b)
+    if len(vals) == 0:
+        return False
+    if vals.null_count or pc.min(vals).as_py() < 0 or pc.max(vals).as_py() > 255:
+        raise Fallback("byte values outside 0..255")
+    joined = "".join(t for t, h in zip(tok.to_pylist(), hv) if h).encode("utf-8", "surrogatepass")
+    return vals.to_numpy(zero_copy_only=False).astype(np.uint8).tobytes() != joined
+
+
+def _tokens(a: int, b: int, tok_py: list, lpv: np.ndarray, alt: tuple | None, bytes_col: pa.Array | None) -> Tokens:
+    """The Tokens of one choice: tokens a..b of the block, with their alternatives (as
+    run-local ids) and, where a character was split, their bytes (``repair`` rebuilds the text)."""
+    n = b - a
+    if not n:
+        return Tokens.empty()
+    top_lp = top_ids = None
+    if alt is not None:
+        tl, alt_starts, alt_lp, alt_ids = alt
+        lens = tl[a:b]
+        k = int(lens.max(initial=0))
+        lo, hi = int(alt_starts[a]), int(alt_starts[b])
+        if k and (lens == k).all():
+            top_lp = alt_lp[lo:hi].reshape(n, k).copy()
+            top_ids = alt_ids[lo:hi].reshape(n, k).copy()
+        elif k:
+            mask = np.arange(k)[None, :] < lens[:, None]
+            top_lp = np.full((n, k), -np.inf)
+            top_ids = np.full((n, k), -1, dtype=np.int64)
+            top_lp[mask] = alt_lp[lo:hi]
+            top_ids[mask] = alt_ids[lo:hi]
+    byte_rows = bytes_col.slice(a, n).to_pylist() if bytes_col is not None else None
+    return Tokens(tok_py[a:b], lpv[a:b].copy(), None, None, top_lp, top_ids, byte_rows)

@@ -1,0 +1,376 @@
+"""The DuckDB store: schema and version check, round trips, transactions, window entropy,
+and two real processes sharing one file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from analysis import metrics
+from analysis import store as store_mod
+from analysis.store import LOCAL_ID_BASE, SCHEMA_VERSION, Store, StoreError
+from analysis.trace import Trace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_trace(n: int, k: int = 5, seed: int = 0, nan_every: int = 0, text_alts: bool = False,
+               vocab_size: int = 300, marker_at: int | None = None, **meta) -> Trace:
+    """A trace with the shape the recorder produces (or, with ``text_alts``, an API dump
+    whose alternatives are known only by their text)."""
+    rng = np.random.default_rng(seed)
+    ids = np.stack([rng.choice(vocab_size, size=k, replace=False) for _ in range(n)]) if n else \
+        np.empty((0, k), np.int64)
+    lp = np.sort(-rng.exponential(1.5, size=(n, k)), axis=1)[:, ::-1] - 0.01
+    h = rng.gamma(1.5, 0.7, size=n)
+    if nan_every:
+        h[::nan_every] = np.nan
+    tokens = [f"\u0120w{int(i)}" for i in ids[:, 0]] if n else []
+    if marker_at is not None and marker_at < n:
+        tokens[marker_at] = "</think>"
+    common = dict(prompt=f"prompt {seed}", tokens=tokens, logprobs=lp[:, 0].copy() if n else np.empty(0),
+                  topk_logprobs=lp, entropy_full=h, entropy_full_t1=h * 1.25, metadata=dict(meta))
+    if text_alts:
+        return Trace(topk_tokens=[[f"alt{int(i)}" for i in row] for row in ids], **common)
+    return Trace(token_ids=ids[:, 0] if n else np.empty(0, np.int64), topk_ids=ids, **common)
+
+
+def vocab_for(traces, missing: set[int] = frozenset()) -> dict[int, str]:
+    ids = set()
+    for t in traces:
+        ids.update(np.unique(t.topk_ids).tolist())
+    return {i: f"\u0120w{i}" for i in ids if i not in missing}
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256(path.read_bytes())
+    wal = Path(str(path) + ".wal")
+    if wal.exists():
+        h.update(wal.read_bytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_a_new_store_gets_the_schema_and_its_version(store):
+    assert store.counts() == {"runs": 0, "traces": 0, "tokens": 0}
+    assert store.query("SELECT value FROM meta WHERE key = 'schema_version'")["value"].tolist() == [
+        str(SCHEMA_VERSION)]
+    tables = set(store.query("SELECT table_name FROM information_schema.tables "
+                             "WHERE table_catalog = current_database()")["table_name"])
+    assert {"meta", "runs", "traces", "trace_stats", "tokens", "vocab", "token_layers"} <= tables
+    # a second Store on the same file accepts it as it is
+    assert Store(store.path).counts() == {"runs": 0, "traces": 0, "tokens": 0}
+
+
+def test_a_store_from_a_newer_schema_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "newer.duckdb"
+    s = Store(path)
+    run = s.create_run("kept", "test")
+    s.add_traces(run, [make_trace(12)], vocab_for([make_trace(12)]))
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    con.close()
+    before = file_digest(path)
+    for attempt in (lambda st: st.runs(), lambda st: st.add_traces(run, [make_trace(3)])):
+        with pytest.raises(StoreError) as err:
+            attempt(Store(path))
+        msg = str(err.value)
+        assert str(path) in msg and f"version {SCHEMA_VERSION + 1}" in msg and "newer" in msg
+        assert "\n" not in msg
+    assert file_digest(path) == before
+
+
+def test_a_duckdb_file_that_is_not_a_store_is_refused(tmp_path):
+    path = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE measurements (x INTEGER)")
+    con.execute("INSERT INTO measurements VALUES (1), (2)")
+    con.close()
+    before = file_digest(path)
+    with pytest.raises(StoreError, match="not a thinkscope store") as err:
+        Store(path).runs()
+    assert str(path) in str(err.value)
+    assert file_digest(path) == before
+
+
+def test_a_file_that_is_not_duckdb_is_refused(tmp_path):
+    path = tmp_path / "notes.duckdb"
+    path.write_text("just some text, not a database\n" * 200)
+    with pytest.raises(StoreError, match="cannot open the store") as err:
+        Store(path).runs()
+    assert str(path) in str(err.value)
+    assert path.read_text().startswith("just some text")
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_traces_round_trip_with_alternatives_and_vocab_text(store):
+    traces = [make_trace(40, k=5, seed=1, marker_at=25, problem_id="p1", level=3.0, correct=True,
+                         sample_idx=2, note="kept in metadata"),
+              make_trace(7, k=5, seed=2)]
+    missing = {int(traces[1].topk_ids[0, 4])}  # one alternative without vocab text
+    missing -= set(traces[0].topk_ids.ravel().tolist())
+    run = store.create_run("rt", "test", "tiny", {"temperature": 0.7})
+    ids = store.add_traces(run, traces, vocab_for(traces, missing))
+    store.finish_run(run)
+    assert len(ids) == 2
+
+    runs = store.runs()
+    row = runs.set_index("run_id").loc[run]
+    assert (row["name"], row["source"], row["model"], row["status"]) == ("rt", "test", "tiny", "complete")
+    assert (row["n_traces"], row["n_tokens"]) == (2, 47)
+    assert json.loads(row["settings"]) == {"temperature": 0.7}
+
+    tr = store.traces(run, with_completion=True).set_index("trace_id")
+    assert "completion" not in store.traces(run).columns
+    first = tr.loc[ids[0]]
+    assert first["completion"] == traces[0].completion and first["prompt"] == "prompt 1"
+    assert (first["n_tokens"], first["boundary"], first["estimator"], first["k"]) == (40, 26, "full", 5)
+    assert (first["problem_id"], first["level"], bool(first["correct"]), first["sample_idx"]) == ("p1", 3.0, True, 2)
+    assert json.loads(first["metadata"]) == {"note": "kept in metadata"}
+    h = traces[0].entropy_full
+    assert first["mean_entropy"] == pytest.approx(metrics.sequence_entropy(h), rel=1e-6)
+    assert first["mean_entropy_thinking"] == pytest.approx(metrics.sequence_entropy(h, 26, "thinking"), rel=1e-6)
+    assert first["mean_entropy_answer"] == pytest.approx(metrics.sequence_entropy(h, 26, "answer"), rel=1e-6)
+
+    for tid, t in zip(ids, traces):
+        tok = store.tokens(tid)
+        assert tok["pos"].tolist() == list(range(t.n_tokens))
+        assert tok["token"].tolist() == t.tokens
+        assert tok["token_id"].tolist() == t.token_ids.tolist()
+        np.testing.assert_allclose(tok["logprob"], t.logprobs, rtol=1e-6)
+        np.testing.assert_allclose(tok["entropy_full"], t.entropy_full, rtol=1e-6)
+        np.testing.assert_allclose(tok["entropy_full_t1"], t.entropy_full_t1, rtol=1e-6)
+        np.testing.assert_allclose(tok["entropy"], t.entropy_full, rtol=1e-6)
+        topk = metrics.all_topk_entropies(t.topk_logprobs)
+        for est in metrics.TOPK_ESTIMATORS:
+            np.testing.assert_allclose(tok[f"entropy_{est}"], topk[est], rtol=1e-5)
+        for r in range(t.n_tokens):
+            assert list(tok["topk_ids"][r]) == t.topk_ids[r].tolist()
+            np.testing.assert_allclose(tok["topk_logprobs"][r], t.topk_logprobs[r], rtol=1e-6)
+            want = [f"<id {i}>" if i in missing else f"\u0120w{i}" for i in t.topk_ids[r].tolist()]
+            assert tok["topk_tokens"][r] == want
+
+
+def test_text_only_alternatives_get_run_local_ids(store):
+    a = make_trace(6, k=3, seed=4, text_alts=True)
+    a.topk_tokens[0][2] = None              # a missing alternative ...
+    a.topk_logprobs[0, 2] = -9999.0         # ... with the API's "not in the top-k" sentinel
+    b = make_trace(5, k=3, seed=4, text_alts=True)  # same texts again, in a second batch
+    run = store.create_run("api", "upload:openai")
+    ta = store.add_traces(run, [a])[0]
+    tb = store.add_traces(run, [b])[0]
+    tok_a, tok_b = store.tokens(ta), store.tokens(tb)
+    assert len(tok_a["topk_ids"][0]) == 2  # the empty slot is dropped, not stored as a number
+    assert tok_a["topk_tokens"][0] == a.topk_tokens[0][:2]
+    for r in range(1, 6):
+        assert tok_a["topk_tokens"][r] == a.topk_tokens[r]
+        assert all(i >= LOCAL_ID_BASE for i in tok_a["topk_ids"][r])
+    for r in range(5):
+        assert tok_b["topk_tokens"][r] == b.topk_tokens[r]
+        # the same text keeps the same local id across batches of a run
+        assert list(tok_b["topk_ids"][r]) == list(tok_a["topk_ids"][r]) or r == 0
+    voc = store.query("SELECT token_id, text FROM vocab WHERE run_id = ?", [run])
+    assert voc["text"].is_unique and (voc["token_id"] >= LOCAL_ID_BASE).all()
+    assert store.traces(run)["estimator"].tolist() == ["full", "full"]
+
+
+def test_nested_operations_share_one_attachment(store):
+    run = store.create_run("n", "test")
+    with store.connect() as con:
+        con.execute("SELECT 1")
+        assert store.runs()["run_id"].tolist() == [run]  # an operation inside an operation
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+class FailingTables(dict):
+    """Batch tables that fail after the first inserts went in."""
+
+    def __init__(self, tables, exc):
+        super().__init__(tables)
+        self.exc = exc
+
+    def items(self):
+        yield from list(super().items())[:2]
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_an_exception_mid_batch_leaves_nothing(store, monkeypatch, exc):
+    run = store.create_run("tx", "test")
+    good = [make_trace(10, seed=7)]
+    store.add_traces(run, good, vocab_for(good))
+    before = {**store.counts(), "vocab": len(store.query("SELECT * FROM vocab")),
+              "stats": len(store.query("SELECT * FROM trace_stats"))}
+    real = store_mod.build_batch
+
+    def failing(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        batch.tables = FailingTables(batch.tables, exc)
+        return batch
+
+    monkeypatch.setattr(store_mod, "build_batch", failing)
+    batch = [make_trace(20, seed=8), make_trace(5, seed=9)]
+    with pytest.raises(type(exc)):
+        store.add_traces(run, batch, vocab_for(batch))
+    after = {**store.counts(), "vocab": len(store.query("SELECT * FROM vocab")),
+             "stats": len(store.query("SELECT * FROM trace_stats"))}
+    assert after == before
+    monkeypatch.setattr(store_mod, "build_batch", real)
+    store.add_traces(run, batch, vocab_for(batch))  # the store is still usable
+    assert store.counts()["traces"] == 3
+
+
+def test_delete_run_removes_everything_of_that_run_only(store):
+    keep, drop = store.create_run("keep", "test"), store.create_run("drop", "test")
+    tk = [make_trace(8, seed=1)]
+    td = [make_trace(9, seed=2), make_trace(4, seed=3, text_alts=True)]
+    store.add_traces(keep, tk, vocab_for(tk))
+    store.add_traces(drop, td, vocab_for(td[:1]))
+    store.delete_run(drop)
+    assert store.runs()["run_id"].tolist() == [keep]
+    assert store.counts() == {"runs": 1, "traces": 1, "tokens": 8}
+    for table in ("trace_stats", "tokens", "token_layers"):
+        orphans = store.query(f"SELECT count(*) AS n FROM {table} WHERE trace_id NOT IN "
+                              "(SELECT trace_id FROM traces)")["n"].item()
+        assert orphans == 0, table
+    assert set(store.query("SELECT DISTINCT run_id FROM vocab")["run_id"]) == {keep}
+
+
+# --------------------------------------------------------------------------- one definition
+
+
+@pytest.mark.parametrize("w", [1, 4, 7])
+def test_run_window_entropy_is_metrics_window_entropy_per_trace(store, w):
+    """The store's run-wide window entropy is the metric's, trace by trace: windows stop at
+    each trace's end, NaN entropies are skipped, the last token has none."""
+    lengths = [0, 1, 3, 4, 5, 30, 2, 17]
+    traces = [make_trace(n, seed=i, nan_every=(3 if i % 2 else 0)) for i, n in enumerate(lengths)]
+    traces[6].entropy_full[:] = np.nan  # a trace with no entropy at all
+    run = store.create_run("win", "test")
+    other = store.create_run("other", "test")  # interleaved trace ids of another run
+    for i, t in enumerate(traces):
+        store.add_traces(run, [t])
+        store.add_traces(other, [make_trace(6, seed=100 + i)])
+    got = store.run_window_entropy(run, "best", w)
+    # the metric over each trace's stored (float32) entropies
+    stored = [store.tokens(tid, with_alternatives=False)["entropy"].to_numpy(np.float64, na_value=np.nan)
+              for tid in store.traces(run)["trace_id"]]
+    want = np.concatenate([metrics.window_entropy(h, w).values for h in stored])
+    assert got.shape == (sum(lengths),)
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(got).any() and np.isfinite(got).any()
+    t1 = store.run_window_entropy(run, "full_t1", w)
+    np.testing.assert_allclose(t1[np.isfinite(got)], got[np.isfinite(got)] * 1.25, rtol=1e-5)
+    assert store.run_window_entropy(store.create_run("empty", "test"), "best", w).shape == (0,)
+    with pytest.raises(StoreError, match="unknown estimator"):
+        store.run_window_entropy(run, "nope", w)
+
+
+# --------------------------------------------------------------------------- two processes
+
+WRITER = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    sys.path.insert(0, sys.argv[3])
+    from tests.test_store import make_trace, vocab_for
+    from analysis.store import Store
+    store = Store(sys.argv[1], lock_timeout=30)
+    run = store.create_run("writer", "test")
+    deadline = time.monotonic() + float(sys.argv[2])
+    batches = 0
+    while time.monotonic() < deadline or batches < 3:
+        traces = [make_trace(200, k=20, seed=batches * 10 + j) for j in range(4)]
+        store.add_traces(run, traces, vocab_for(traces))
+        batches += 1
+    store.finish_run(run)
+    print(json.dumps({"run": run, "batches": batches}))
+""")
+
+READER = textwrap.dedent("""
+    import json, os, sys, time
+    sys.path.insert(0, sys.argv[3])
+    from analysis.store import Store
+    store = Store(sys.argv[1], lock_timeout=30)
+    done = sys.argv[2]
+    seen, reads = [], 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        finished = os.path.exists(done)
+        runs = store.runs()
+        n = int(runs["n_tokens"].sum()) if len(runs) else 0
+        if not seen or n != seen[-1]:
+            seen.append(n)
+        if n:
+            last = int(store.query("SELECT max(trace_id) AS t FROM traces")["t"].item())
+            assert len(store.tokens(last)) == 200
+        reads += 1
+        if finished:
+            break
+    print(json.dumps({"seen": seen, "reads": reads}))
+""")
+
+
+def test_a_writer_and_a_reader_process_share_the_store_without_lock_errors(tmp_path):
+    path = tmp_path / "shared.duckdb"
+    Store(path).counts()  # the schema exists before both start
+    done = tmp_path / "writer.done"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(done), str(ROOT)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "3", str(ROOT)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    w_out, w_err = writer.communicate(timeout=300)
+    done.touch()
+    r_out, r_err = reader.communicate(timeout=300)
+    assert writer.returncode == 0, w_err
+    assert reader.returncode == 0, r_err
+    for err in (w_err, r_err):
+        assert "lock" not in err.lower(), err
+    w, r = json.loads(w_out), json.loads(r_out)
+    total = w["batches"] * 4 * 200
+    assert Store(path).counts()["tokens"] == total
+    # the reader saw the writes progress: several distinct totals, never going backwards
+    assert len(r["seen"]) >= 3, r
+    assert r["seen"] == sorted(r["seen"]) and r["seen"][-1] == total, r
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time, duckdb
+    con = duckdb.connect(sys.argv[1])
+    con.execute("SELECT 1")
+    print("locked", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_store_locked_longer_than_the_timeout_gives_a_clear_error(tmp_path):
+    path = tmp_path / "held.duckdb"
+    Store(path).counts()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError) as err:
+            Store(path, lock_timeout=0.2).runs()
+        msg = str(err.value)
+        assert str(path) in msg and "locked by another process" in msg and "0.2 s" in msg
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Store(path, lock_timeout=5).counts()["runs"] == 0  # usable once released
