@@ -87,7 +87,7 @@ def cmd_runs(args) -> int:
     if df.empty:
         print("no runs yet")
         return 0
-    df = df.drop(columns=["settings"])
+    df = df.drop(columns=["settings"]).astype({"n_traces": int, "n_tokens": int})
     df["mean_entropy"] = df["mean_entropy"].round(3)
     print(df.rename(columns={"mean_entropy": "mean_entropy_nats"}).to_string(index=False))
     return 0

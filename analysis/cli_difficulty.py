@@ -104,7 +104,10 @@ def cmd_difficulty(args) -> int:
     stats = store.trace_stats(args.run_ids)
     if stats.empty:
         raise ThinkscopeError(f"no traces in run(s) {', '.join(map(str, args.run_ids))}")
-    edges = tuple(float(x) for x in args.edges.split(",")) if args.edges else None
+    try:
+        edges = tuple(float(x) for x in args.edges.split(",")) if args.edges else None
+    except ValueError:
+        raise ThinkscopeError(f"--edges {args.edges!r}: expected numbers separated by commas, e.g. 0,0.5,1") from None
     _, s = dif.difficulty_table(stats, args.estimator, args.phase, dif.Binning(args.axis, edges))
     cols = ["run_id", "bin", "count", "mean_entropy", "ci_low", "ci_high", "accuracy", "mean_tokens"]
     print(f"mean sequence entropy (nats, {args.estimator}, phase {args.phase}) per difficulty bin, 95% t-interval")

@@ -191,7 +191,7 @@ def u_shape(summary: pd.DataFrame, run_id: int, easy: str | None = None, medium:
     """The easy -> medium change and the U-shape verdict for one run of a ``bin_summary``.
 
     Default bins: 'easy' and 'medium' when present (ARES buckets); otherwise the easiest bin
-    and the middle bin of the ordered bins.
+    and the middle bin of the ordered bins (the lower one of two middles).
     """
     s = summary[summary["run_id"] == run_id].sort_values("bin_order").reset_index(drop=True)
     if s.empty:
@@ -200,7 +200,7 @@ def u_shape(summary: pd.DataFrame, run_id: int, easy: str | None = None, medium:
     if easy is None:
         easy = "easy" if "easy" in labels else labels[0]
     if medium is None:
-        medium = "medium" if "medium" in labels else labels[len(labels) // 2]
+        medium = "medium" if "medium" in labels else labels[(len(labels) - 1) // 2]
     notes = []
     he = s.loc[s["bin"] == easy, "mean_entropy"]
     hm = s.loc[s["bin"] == medium, "mean_entropy"]

@@ -223,13 +223,12 @@ class StopModel:
     """Precomputed per-run arrays for one rule's shape (mode, k, min_tokens, budget).
 
     ``stops(tau)`` gives every trace's stop position; ``point(tau)`` and ``curve(taus)`` give
-    tokens saved and accuracy. The estimate of correctness at a stop (see module docstring)
-    is used unless ``replayed`` overrides it for given traces.
+    tokens saved and the *estimated* accuracy (see module docstring); ``replay_accuracy``
+    gives the measured one from replayed answers.
     """
 
     def __init__(self, rt: RunTokens, rule: StopRule):
         self.rt, self.rule = rt, rule
-        n = rt.n
         self.total_tokens = float(rt.lengths.sum())
         graded = ~np.isnan(rt.correct)
         self.graded = graded
@@ -261,7 +260,7 @@ class StopModel:
             self._m_search = np.where(elig, m, np.inf) if m.size else np.array([np.inf])
             last = rt.offsets + rt.lengths - 1
             has = rt.lengths > start
-            self.trace_min = np.where(has, m[np.maximum(last, 0)], np.inf)
+            self.trace_min = np.where(has, m[np.maximum(last, 0)], np.inf) if m.size else np.full(rt.n, np.inf)
             self.trace_min = np.where(np.isnan(self.trace_min), np.inf, self.trace_min)
             self.start = np.minimum(start, rt.lengths)
             self._sorted_m = np.sort(m[elig & np.isfinite(m)])

@@ -237,8 +237,8 @@ def grade(text: str, gold: str | None, rule: GradingRule = GradingRule()) -> Gra
     if g is not None:
         p = parse_number(raw)
         pred = raw
-        if p is None:  # "19 apples", "= 19.": the first number in the answer segment
-            nums = numbers_in(raw)
+        if p is None:  # "19 apples": the first number; "3 + 1 = 4": the first after the last '='
+            nums = numbers_in(raw.rsplit("=", 1)[1] if "=" in raw else raw) or numbers_in(raw)
             p = parse_number(nums[0]) if nums else None
             pred = nums[0] if nums else raw
         if p is None:

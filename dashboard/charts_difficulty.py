@@ -59,13 +59,14 @@ def u_shape_figure(summary: pd.DataFrame, run_labels: Mapping[int, str], unit: s
                              marker_color=color, opacity=0.6,
                              hovertemplate="%{x}<br>mean length %{y:.0f} tokens<extra>" + name + "</extra>"),
                       row=3, col=1)
-    fig.update_yaxes(title_text=axis_label(f"mean sequence entropy [{phase}] ± 95% CI", unit, estimator),
-                     row=1, col=1)
-    fig.update_yaxes(title_text="accuracy (% of graded)", range=[-5, 105], row=2, col=1)
-    fig.update_yaxes(title_text="mean length (tokens)", row=3, col=1)
+    fig.update_yaxes(title_text=axis_label(f"mean H [{phase}]", unit, estimator), row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (%)", range=[-5, 105], row=2, col=1)
+    fig.update_yaxes(title_text="length (tokens)", row=3, col=1)
     fig.update_xaxes(title_text=axis_title, row=3, col=1)
-    fig.update_layout(height=640, barmode="group", margin=dict(l=70, r=20, t=30, b=50),
-                      legend=dict(orientation="h", y=1.06))
+    fig.update_layout(height=640, barmode="group", margin=dict(l=70, r=20, t=60, b=50),
+                      title=dict(text=f"Mean sequence entropy per bin with 95% t-interval ({phase} tokens), "
+                                      "accuracy over graded traces, mean length", font=dict(size=14)),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom"))
     return fig
 
 
@@ -91,7 +92,7 @@ def tradeoff_figure(curves: Mapping[str, pd.DataFrame], points: Mapping[str, dic
                                "<br>accuracy %{y:.1f}%<extra></extra>")))
             fig.add_hline(y=p["baseline_accuracy"] * 100, line=dict(color=color, dash="dot", width=1))
     fig.update_layout(height=380, margin=dict(l=60, r=20, t=40, b=50),
-                      title=f"Savings vs accuracy for every threshold ({estimator}; dotted: no early stop)",
+                      title=dict(text="Savings vs accuracy, every τ (dotted: no early stop)", font=dict(size=14)),
                       xaxis_title="tokens saved (% of all tokens in the split)",
                       yaxis_title="accuracy (% of graded traces)", legend=dict(orientation="h", y=-0.25))
     return fig
@@ -118,7 +119,9 @@ def threshold_figure(curves: Mapping[str, pd.DataFrame], tau: float, marks: Mapp
                           annotation_text=html.escape(name), annotation_position="bottom right")
     fig.update_layout(height=380, margin=dict(l=60, r=20, t=40, b=50),
                       xaxis_title=axis_label("threshold τ", unit, estimator),
-                      yaxis_title="% (tokens saved; accuracy kept = accuracy / no-stop accuracy)",
+                      title=dict(text="Tokens saved and accuracy kept (accuracy / no-stop accuracy) by τ",
+                                 font=dict(size=14)),
+                      yaxis_title="% of tokens / of accuracy",
                       legend=dict(orientation="h", y=-0.25))
     return fig
 
@@ -168,6 +171,8 @@ def stop_positions_figure(curves: Sequence[dict], tau: float, unit: str, estimat
         fig.add_vline(x=min_tokens - 1, line=dict(color="#64748b", dash="dot"), annotation_text="min tokens")
     fig.update_layout(height=380, margin=dict(l=60, r=20, t=30, b=50),
                       xaxis_title="token position",
-                      yaxis_title=axis_label(f"token entropy; bold: running mean over k={k}", unit, estimator),
+                      title=dict(text=f"Token entropy (faint), running mean over the last {k} (bold), "
+                                      "stop (×)", font=dict(size=14)),
+                      yaxis_title=axis_label("entropy", unit, estimator),
                       legend=dict(orientation="h", y=-0.25))
     return fig

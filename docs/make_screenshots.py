@@ -25,10 +25,11 @@ def main() -> int:
     ap.add_argument("--store", default=str(default_store_path()))
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--pages", nargs="*", default=PAGES)
+    ap.add_argument("--height", type=int, default=1000)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with streamlit_server(Path(args.store)) as url, browser_page(1400, 1000) as page:
+    with streamlit_server(Path(args.store)) as url, browser_page(1400, args.height) as page:
         for name in args.pages:
             page.goto(f"{url}/{name}")
             wait_for_app(page)

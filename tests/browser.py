@@ -80,6 +80,8 @@ def browser_page(width: int = 1400, height: int = 1000):
 def wait_for_app(page, timeout_ms: int = 60000) -> None:
     """Wait until Streamlit has finished running the script (no 'Running...' indicator)."""
     page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    # the page title is the first thing every page writes: the script has started
+    page.wait_for_selector("[data-testid='stMain'] h1", timeout=timeout_ms)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",

@@ -93,10 +93,10 @@ def test_u_shape_verdict_and_change():
     u1, u2 = dif.u_shape(s, 1), dif.u_shape(s, 2)
     assert u1.u_shape is True and u1.lowest == "level 2"
     e = s[(s.run_id == 1)].set_index("bin")["mean_entropy"]
-    assert u1.medium == "level 3" and u1.change_pct == pytest.approx(100 * (e["level 3"] - e["level 1"]) / e["level 1"])
+    assert u1.medium == "level 2" and u1.change_pct == pytest.approx(100 * (e["level 2"] - e["level 1"]) / e["level 1"])
     assert u2.u_shape is False and "end bin" in " ".join(u2.notes)
-    u = dif.u_shape(s, 1, easy="level 1", medium="level 2")
-    assert u.change_pct == pytest.approx(100 * (e["level 2"] - e["level 1"]) / e["level 1"])
+    u = dif.u_shape(s, 1, easy="level 1", medium="level 3")
+    assert u.change_pct == pytest.approx(100 * (e["level 3"] - e["level 1"]) / e["level 1"])
 
 
 def test_u_shape_overlapping_intervals_is_not_significant():
@@ -127,3 +127,39 @@ def test_from_store_by_phase(store):
     assert pr["bin"].tolist() == ["medium"] * 1 and pr["count"].iloc[0] == 6
     with pytest.raises(DifficultyError, match="unknown phase"):
         dif.trace_frame(stats, "full", "middle")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_figures_label_axes_and_escape_names():
+    from dashboard import charts_difficulty as ch
+
+    df = _frame(_u_rows(1, [2.0, 1.5, 2.2]))
+    s = dif.bin_summary(dif.assign_bins(df))
+    fig = ch.u_shape_figure(s, {1: "<script>alert(1)</script>"}, "bits", "topk_renorm", "thinking")
+    assert fig.layout.yaxis.title.text == "mean H [thinking] (bits, topk_renorm)"
+    assert fig.data[0].name == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert fig.data[0].y[0] == pytest.approx(s["mean_entropy"].iloc[0] / np.log(2))
+    from analysis.early_stop import RunTokens, StopModel, StopRule
+    rt = RunTokens(np.arange(2), [4, 4], np.array([1, 1, 0.1, 0.1, 2, 2, 2, 2.0]), [1, 0], [2, -1])
+    m = StopModel(rt, StopRule("streaming", k=1, min_tokens=1))
+    curves, points = {"held-out": m.curve()}, {"held-out": {**m.point(0.5), "tau": 0.5}}
+    t = ch.tradeoff_figure(curves, points, "nats", "full")
+    assert "tokens saved" in t.layout.xaxis.title.text and "accuracy" in t.layout.yaxis.title.text
+    th = ch.threshold_figure(curves, 0.5, {"τ_mean": 0.4}, "nats", "full")
+    assert th.layout.xaxis.title.text == "threshold τ (nats, full)"
+    sp = ch.stop_positions_figure([{"label": "<b>t</b>", "h": rt.h[:4], "running": rt.h[:4], "stop": 2}],
+                                  0.5, "nats", "full", 1, 1)
+    assert sp.layout.yaxis.title.text == "entropy (nats, full)" and sp.data[0].name == "&lt;b&gt;t&lt;/b&gt;"
+
+
+def test_chart_module_does_not_import_streamlit():
+    import subprocess
+    import sys
+
+    from tests.browser import ROOT
+    code = ("import sys; import dashboard.charts_difficulty; "
+            "assert 'streamlit' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

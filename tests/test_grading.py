@@ -43,6 +43,8 @@ def test_parse_number_rejects(text):
     ("Final answer: $0.10", "0.1", "final_answer", True),
     ("Final answer:\n42", "42", "final_answer", True),
     ("the final answer is 1,000,000", "1000000", "final_answer", True),
+    ("Final answer: 3 + 1 = 4", "4", "final_answer", True),
+    ("Final answer: 12 apples = 5 + 7", "12", "final_answer", False),
 ])
 def test_grade(text, gold, method, correct):
     g = grade(text, gold)

@@ -78,7 +78,12 @@ def detect(path: str | Path, name: str | None = None) -> Detection:
     c = first_char(path)
     if c in ("{", "["):
         pr = Problems(name)
-        records = [v for _, v in iter_values(path, pr, limit=PEEK_RECORDS)]
+        records = []
+        for _, v in iter_values(path, pr, limit=PEEK_RECORDS):
+            records.append(v)
+            d = sniff_records(records)
+            if d.score >= 1.0:  # decided by the first records: big lines are costly to parse
+                return d
         if not records:
             if pr.items:
                 raise TraceError(pr.items[0])

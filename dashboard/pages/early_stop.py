@@ -148,6 +148,8 @@ m3.metric("Cohen's d", "n/a" if th is None or math.isnan(th.cohens_d) else f"{th
           help="(mean incorrect − mean correct) / pooled SD. Near 0: entropy does not separate right from "
                "wrong on this model, and no threshold will save tokens for free.")
 m4.metric("calibration: correct / incorrect", "n/a" if th is None else f"{th.n_correct} / {th.n_incorrect}")
+st.caption(f"τ_mean and τ_info are computed on the {signal_name} of the labelled calibration traces, "
+           "labelled by whether the full trace was graded correct.")
 
 # ---------------------------------------------------------------- threshold slider
 lo, hi = es.tau_range(models["all"])
@@ -238,8 +240,11 @@ else:
     start = r1.button(f"Replay {len(todo)} stop(s)" if done else f"Replay at τ ({len(todo)} stops)",
                       key="early_stop.replay_go", disabled=not todo)
     r2.caption("Forces the answer with the model at each stop (cue + greedy decoding) and grades it. "
-               "Press Stop (top right) to cancel: finished batches are kept and the rest can be resumed.")
+               "Cancel keeps the finished batches; the rest can be resumed.")
     if start and todo:
+        # any click (this one included) reruns the page and so interrupts the loop below;
+        # each finished batch is already in session state, so nothing finished is lost
+        st.button("Cancel replay", key="early_stop.replay_cancel")
         lm = replay_model(model_name)
         bar = st.progress(0.0, text="replaying ...")
         for batch in es.replay(lm, s, int(run_id), todo, "\n" + cue.strip() if cue.strip() else "", answer_tokens,

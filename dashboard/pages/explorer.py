@@ -99,7 +99,7 @@ m = st.columns(5)
 m[0].metric("Tokens", f"{n}")
 for col, phase in zip(m[1:4], metrics.PHASES):
     v = metrics.sequence_entropy(h, boundary, phase)
-    col.metric(f"Mean entropy · {phase}", "n/a" if np.isnan(v) else f"{state.convert(v):.3f} {unit}",
+    col.metric(f"Mean H, {phase} ({unit})", "n/a" if np.isnan(v) else f"{state.convert(v):.3f}",
                help=f"Sequence entropy: mean token entropy over the {phase} tokens; estimator {estimator}.")
 m[4].metric("Forking points", f"{len(forks)}", help=f"window entropy ≥ τ = {state.convert(tau):.3f} {unit}")
 
@@ -143,7 +143,7 @@ else:
     rows = []
     for f in forks:
         a, b = int(starts[f]), int(starts[f + 1])
-        rows.append({"position": int(f), "token": tokens[f],
+        rows.append({"position": int(f), "token": tokens[f] if tokens[f].strip() else repr(tokens[f]),
                      f"window entropy ({unit})": float(state.convert(win[f])),
                      f"token entropy ({unit})": float(state.convert(h[f])),
                      "context": (text[max(0, a - 40):a] + "⟦" + text[a:b] + "⟧" + text[b:b + 60]).replace("\n", " ")})

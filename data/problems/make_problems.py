@@ -13,7 +13,6 @@ settings and grading (``analysis.grading``) as ``thinkscope generate --problems 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def measure(problems, samples: int, max_tokens: int, temperature: float, out: Path | None) -> None:
+    """Generate ``samples`` completions per problem, grade them and print the pass rate per level.
+
+    Batches mix the levels (a seeded shuffle) and every graded sample is appended to ``out``
+    as it finishes, so an interrupted measurement still gives a figure for every level.
+    """
+    import random
+
     import pandas as pd
     import torch
 
@@ -37,20 +43,21 @@ def measure(problems, samples: int, max_tokens: int, temperature: float, out: Pa
     lm = load_model()
     settings = GenerationSettings(temperature=temperature, max_new_tokens=max_tokens, samples=samples,
                                   top_k=0, batch_size=16, marker=ANSWER_CUE, seed=0)
-    rows = []
     prompts = [p.to_prompt() for p in problems]
+    random.Random(0).shuffle(prompts)
+    rows = []
     for traces in iter_generate(lm, prompts, settings):
         grade_traces(traces)
         for t in traces:
             rows.append({k: t.metadata.get(k) for k in ("problem_id", "level", "correct", "pred_answer",
-                                                        "gold_answer")} | {"n_tokens": t.n_tokens})
+                                                        "gold_answer")}
+                        | {"n_tokens": t.n_tokens, "completion": t.completion})
+        if out:
+            pd.DataFrame(rows).to_csv(out, index=False)
         print(f"{len(rows)}/{len(prompts) * samples}", file=sys.stderr, flush=True)
-    df = pd.DataFrame(rows)
-    table = pass_rates(df, "level")
+    table = pass_rates(pd.DataFrame(rows), "level")
     print(f"model {lm.name}, T={temperature}, {samples} sample(s) per problem, max {max_tokens} new tokens")
     print(table.to_string(index=False))
-    if out:
-        df.to_csv(out, index=False)
 
 
 def main() -> int:
