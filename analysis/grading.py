@@ -137,7 +137,8 @@ def numbers_in(text: str) -> list[str]:
 # --------------------------------------------------------------------------- extraction
 
 _CUES = {
-    "final_answer": re.compile(r"final\s+answer\s*(?:is)?\s*[:：]?", re.I),
+    # a colon or "is" must follow: "write a final answer in the correct format" is no answer
+    "final_answer": re.compile(r"final\s+answer\s*(?:is\b\s*[:：]?|[:：])", re.I),
     "answer": re.compile(r"(?<![\w])(?<!final )(?<!Final )(?<!FINAL )answer\s*[:：]", re.I),
     "the_answer_is": re.compile(r"the\s+(?:final\s+)?answer\s+is\s*[:：]?", re.I),
     "hash": re.compile(r"####"),

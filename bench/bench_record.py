@@ -1,14 +1,15 @@
 """Recording overhead: plain ``model.generate`` vs ``record.generate_batch`` (StepRecorder:
 full-vocabulary entropy at T and T=1, chosen-token logprob, top-20 alternatives).
 
-Both arms decode the same prompts greedily for exactly the same number of tokens
-(``min_new_tokens == max_new_tokens``, set on the model's generation config so both arms get
-it), and the repetitions are interleaved A B A B ... so that the machine's load hits both
-alike. Reports the median time of each arm and their ratio against the 1.10 target. The
-recorded arm's time includes everything ``generate_batch`` does after decoding (token text
-pieces, the numpy arrays, the Trace objects).
+Both arms decode the same prompts (greedy, or sampled with one fixed seed) for exactly the
+same number of tokens (``min_new_tokens == max_new_tokens``, set on the model's generation
+config so both arms get it), and the repetitions are interleaved A B A B ... so that the
+machine's load hits both alike. Reports the median time of each arm and their ratio against
+the 1.10 target. The recorded arm's time includes everything ``generate_batch`` does after
+decoding (token text pieces, the numpy arrays, the Trace objects).
 
-    PYTHONPATH=. .venv/bin/python bench/bench_record.py
+    PYTHONPATH=. .venv/bin/python bench/bench_record.py --threads 1
+    PYTHONPATH=. .venv/bin/python bench/bench_record.py --threads 1 --temperature 0.7
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ PROMPTS = [
 
 
 @torch.inference_mode()
-def plain_generate(lm, prompts: list[Prompt], settings: GenerationSettings) -> torch.Tensor:
+def plain_generate(lm, prompts: list[Prompt], settings: GenerationSettings, seed: int = 0) -> torch.Tensor:
     """The baseline: the same padded batch through model.generate with no processor."""
     tok = lm.tokenizer
     encoded = [build_prompt_ids(lm, p.text, settings) for p in prompts]
@@ -45,10 +46,14 @@ def plain_generate(lm, prompts: list[Prompt], settings: GenerationSettings) -> t
     pad = tok.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
     attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    if settings.do_sample:  # the same sampler and seed as generate_batch: the same tokens
+        kw = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+    else:
+        kw = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    torch.manual_seed(seed)
     out = lm.model.generate(input_ids=input_ids, attention_mask=attention,
-                            max_new_tokens=settings.max_new_tokens, do_sample=False,
-                            temperature=None, top_p=None, top_k=None, pad_token_id=pad,
-                            return_dict_in_generate=True)
+                            max_new_tokens=settings.max_new_tokens, pad_token_id=pad,
+                            return_dict_in_generate=True, **kw)
     return out.sequences[:, width:]
 
 
@@ -58,7 +63,14 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per batch (1..4)")
     ap.add_argument("--repeats", type=int, default=5, help="repetitions of each arm")
     ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="0: greedy (entropy at T=1 only); > 0: sampling with top-p 0.95 and a fixed "
+                         "seed, where the recorder computes entropy at T and at T=1")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch's default); 1 is steadier on a shared machine")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     lm = load_model()
@@ -66,7 +78,9 @@ def main(argv=None) -> None:
     # Forcing the length on the generation config applies it to both arms identically.
     lm.model.generation_config.min_new_tokens = args.tokens
     prompts = [Prompt(p) for p in PROMPTS[: args.prompts]]
-    settings = GenerationSettings(do_sample=False, max_new_tokens=args.tokens, top_k=args.top_k,
+    sample = args.temperature > 0
+    settings = GenerationSettings(do_sample=sample, temperature=args.temperature if sample else 1.0,
+                                  top_p=0.95, max_new_tokens=args.tokens, top_k=args.top_k,
                                   batch_size=len(prompts))
 
     def run_plain():
@@ -81,7 +95,8 @@ def main(argv=None) -> None:
     assert all(t.n_tokens == args.tokens for t in traces), [t.n_tokens for t in traces]
     assert new.shape == (len(prompts), args.tokens), tuple(new.shape)
     same = all(list(map(int, new[b])) == t.token_ids.tolist() for b, t in enumerate(traces))
-    print(f"{len(prompts)} prompts x {args.tokens} tokens (greedy, forced length); "
+    mode = f"sampled at T={args.temperature:g}, seed 0" if sample else "greedy"
+    print(f"{len(prompts)} prompts x {args.tokens} tokens ({mode}, forced length); "
           f"both arms decode identical tokens: {same}")
 
     times = {"plain": [], "recorded": []}

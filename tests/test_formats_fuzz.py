@@ -114,3 +114,26 @@ def test_any_field_replaced_by_any_json(fixture, value, pick, fmt_pick):
 def _format_of(fixture: str) -> str:
     from analysis.formats import detect
     return detect(FIX / fixture).format
+
+
+def _parquet_bytes() -> bytes:
+    import io
+
+    import pandas as pd
+    buf = io.BytesIO()
+    pd.read_csv(FIX / "token_table.csv").to_parquet(buf)
+    return buf.getvalue()
+
+
+PARQUET = _parquet_bytes()
+
+
+@pytest.mark.parametrize("fmt", [None, "token_table", "thinkscope"])
+@FUZZ
+@given(cut=st.integers(0, 10**6), flip=st.integers(0, 10**6), byte=st.integers(0, 255))
+def test_corrupted_parquet(fmt, cut, flip, byte):
+    data = bytearray(PARQUET)
+    data = data[: max(4, cut % (len(data) + 1))]
+    if len(data) > 4:  # keep the magic bytes, so that the file is read as Parquet
+        data[4 + flip % (len(data) - 4)] = byte
+    check(bytes(data), fmt, ".parquet")

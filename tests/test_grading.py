@@ -44,6 +44,8 @@ def test_parse_number_rejects(text):
     ("Final answer:\n42", "42", "final_answer", True),
     ("the final answer is 1,000,000", "1000000", "final_answer", True),
     ("Final answer: 3 + 1 = 4", "4", "final_answer", True),
+    ("I will write a final answer in the correct format. 2 + 3 = 5", "5", "last_number", True),
+    ("5 is the final answer to this question.", "5", "last_number", True),
     ("Final answer: 12 apples = 5 + 7", "12", "final_answer", False),
 ])
 def test_grade(text, gold, method, correct):

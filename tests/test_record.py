@@ -50,8 +50,8 @@ def test_step_recorder_matches_the_metrics_on_raw_logits(temperature, k):
         if s % 2:
             z = z.half()                 # half-precision logits
         steps.append(z)
-        ids = torch.cat([ids, torch.randint(0, 10, (3, 1), generator=g)], dim=1)
         rec(ids, z)
+        ids = torch.cat([ids, torch.randint(0, 10, (3, 1), generator=g)], dim=1)  # the token chosen
     rec.finish(ids)
     arr = rec.arrays()
     z = torch.stack([s.float() for s in steps], dim=1)  # [B, steps, V]
@@ -59,7 +59,7 @@ def test_step_recorder_matches_the_metrics_on_raw_logits(temperature, k):
     np.testing.assert_allclose(arr["entropy_t1"], metrics.entropy_from_logits(z, 1.0).numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(arr["entropy"][1], np.log(50), rtol=1e-6)
     logp = torch.log_softmax(z / temperature, dim=-1)
-    chosen = logp.gather(2, ids[:, 5:, None]).squeeze(2)  # token chosen after each step
+    chosen = logp.gather(2, ids[:, 4:, None]).squeeze(2)
     np.testing.assert_allclose(arr["chosen_lp"], chosen.numpy(), rtol=1e-6, atol=1e-6)
     assert arr["entropy"].shape == arr["chosen_lp"].shape == (3, 6)
     if k:

@@ -288,19 +288,23 @@ def test_run_window_entropy_is_metrics_window_entropy_per_trace(store, w):
 # --------------------------------------------------------------------------- two processes
 
 WRITER = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     import numpy as np
     sys.path.insert(0, sys.argv[3])
     from tests.test_store import make_trace, vocab_for
     from analysis.store import Store
     store = Store(sys.argv[1], lock_timeout=30)
+    ready = sys.argv[4]
+    while not os.path.exists(ready):  # start once the reader is reading
+        time.sleep(0.05)
     run = store.create_run("writer", "test")
     deadline = time.monotonic() + float(sys.argv[2])
     batches = 0
-    while time.monotonic() < deadline or batches < 3:
+    while time.monotonic() < deadline or batches < 4:
         traces = [make_trace(200, k=20, seed=batches * 10 + j) for j in range(4)]
         store.add_traces(run, traces, vocab_for(traces))
         batches += 1
+        time.sleep(0.05)  # a recorder generates between batches
     store.finish_run(run)
     print(json.dumps({"run": run, "batches": batches}))
 """)
@@ -310,9 +314,9 @@ READER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from analysis.store import Store
     store = Store(sys.argv[1], lock_timeout=30)
-    done = sys.argv[2]
+    done, ready = sys.argv[2], sys.argv[4]
     seen, reads = [], 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         finished = os.path.exists(done)
         runs = store.runs()
@@ -323,6 +327,7 @@ READER = textwrap.dedent("""
             last = int(store.query("SELECT max(trace_id) AS t FROM traces")["t"].item())
             assert len(store.tokens(last)) == 200
         reads += 1
+        open(ready, "w").close()
         if finished:
             break
     print(json.dumps({"seen": seen, "reads": reads}))
@@ -332,11 +337,11 @@ READER = textwrap.dedent("""
 def test_a_writer_and_a_reader_process_share_the_store_without_lock_errors(tmp_path):
     path = tmp_path / "shared.duckdb"
     Store(path).counts()  # the schema exists before both start
-    done = tmp_path / "writer.done"
+    done, ready = tmp_path / "writer.done", tmp_path / "reader.ready"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(done), str(ROOT)],
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(done), str(ROOT), str(ready)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "3", str(ROOT)],
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "3", str(ROOT), str(ready)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     w_out, w_err = writer.communicate(timeout=300)
     done.touch()

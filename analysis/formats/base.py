@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -105,11 +105,6 @@ def bad_utf8(e: UnicodeDecodeError, where: str = "") -> str:
     obj = e.object if isinstance(e.object, (bytes, bytearray)) else b""
     what = f"byte 0x{obj[e.start]:02x}" if e.start < len(obj) else "a character cut off at the end"
     return f"not valid UTF-8 ({what}{', ' + where if where else ''})"
-
-
-def kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
 
 
 class Skip(Exception):
@@ -233,7 +228,6 @@ class Tokens:
 
 
 _TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
-_NUM_TYPES = {float, int}
 _NUM_OR_NONE = {float, int, type(None)}
 
 

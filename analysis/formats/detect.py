@@ -73,7 +73,8 @@ def detect(path: str | Path, name: str | None = None) -> Detection:
                 return Detection(tables.EXPORT, 1.0, container="parquet")
             fmt, score = tables.sniff_columns(tables.columns(path))
         except tables.TABLE_ERRORS as e:
-            raise TraceError(f"{name}: not a readable Parquet file ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from e
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TraceError(f"{name}: not a readable Parquet file ({reason})") from e
         return Detection(fmt, score, container="parquet")
     c = first_char(path)
     if c in ("{", "["):

@@ -28,50 +28,55 @@ from ..trace import Trace
 from . import openai_chat
 from .base import Context, Tokens
 
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 4 << 20         # lines read and handled at once
+PARSE_BLOCK_BYTES = 1 << 20   # pyarrow's unit of parallel parsing
 
 
 class Fallback(Exception):
     """The fast path cannot read this block exactly like the slow path."""
 
 
-class _Counting(io.RawIOBase):
-    """A file wrapper that reports how many bytes were read (progress)."""
-
-    def __init__(self, f, progress: Callable[[int], None] | None):
-        self.f, self.progress, self.done = f, progress, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        n = self.f.readinto(b)
-        self.done += n or 0
-        if self.progress:
-            self.progress(self.done)
-        return n
-
-
 def batches(path: Path, ctx: Context, progress: Callable[[int], None] | None = None
             ) -> Iterator[tuple[int, list[Trace]]]:
-    """(records read so far, traces of one block); raises Fallback (see module docstring)."""
-    rows_done = 0
-    with open(path, "rb", buffering=0) as raw:
-        src = _Counting(raw, progress)
-        try:
-            reader = pj.open_json(src, read_options=pj.ReadOptions(block_size=BLOCK_BYTES, use_threads=True))
-        except (pa.ArrowException, ValueError, OSError) as e:
-            raise Fallback(str(e)) from e
+    """(records read so far, traces of one block of lines); raises Fallback (see above).
+
+    Blocks of about ``BLOCK_BYTES`` of whole lines are parsed one at a time (pyarrow's own
+    streaming reader was measured to grow with the file's size); each block infers its own
+    schema, so a field that appears late in a file is no reason to leave the fast path.
+    """
+    records = 0
+    line_no = 0
+    done = 0
+    with open(path, "rb") as f:
         while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
+            lines = f.readlines(BLOCK_BYTES)
+            if not lines:
                 return
+            first = line_no + 1
+            line_no += len(lines)
+            size = sum(map(len, lines))
+            done += size
+            numbers = [first + i for i, x in enumerate(lines) if x.strip()]
+            if not numbers:
+                continue
+            if first == 1:
+                lines[0] = lines[0].lstrip(b"\xef\xbb\xbf")
+            try:
+                # several blocks per chunk so that pyarrow parses them on all cores; a block
+                # must hold the longest line
+                block = max(max(map(len, lines)) + 1, PARSE_BLOCK_BYTES)
+                table = pj.read_json(io.BytesIO(b"".join(lines)),
+                                     read_options=pj.ReadOptions(block_size=block, use_threads=True))
             except (pa.ArrowException, ValueError, OSError) as e:
                 raise Fallback(str(e)) from e
-            traces = _block(batch, ctx, rows_done)
-            rows_done += batch.num_rows
-            yield rows_done, traces
+            if table.num_rows != len(numbers):
+                raise Fallback("rows and lines disagree")
+            batch = table.combine_chunks().to_batches()[0]
+            traces = _block(batch, ctx, numbers)
+            records += len(numbers)
+            if progress:
+                progress(done)
+            yield records, traces
 
 
 def _has_timestamp(t: pa.DataType) -> bool:
@@ -100,10 +105,10 @@ def _floats(arr: pa.Array, null: float) -> np.ndarray:
     return np.array(pc.cast(arr, pa.float64()).fill_null(null).to_numpy(zero_copy_only=False), copy=True)
 
 
-def _block(batch: pa.RecordBatch, ctx: Context, first_row: int) -> list[Trace]:
+def _block(batch: pa.RecordBatch, ctx: Context, lines: list[int]) -> list[Trace]:
     mark = ctx.local.mark()
     try:
-        return _read_block(batch, ctx, first_row)
+        return _read_block(batch, ctx, lines)
     except Fallback:
         ctx.local.rollback(mark)  # ids given to this block's alternatives were never stored
         raise
@@ -113,7 +118,7 @@ def _block(batch: pa.RecordBatch, ctx: Context, first_row: int) -> list[Trace]:
         raise Fallback(f"{type(e).__name__}: {e}") from e
 
 
-def _read_block(batch: pa.RecordBatch, ctx: Context, first_row: int) -> list[Trace]:
+def _read_block(batch: pa.RecordBatch, ctx: Context, lines: list[int]) -> list[Trace]:
     pr = ctx.problems
     if "choices" not in batch.schema.names or any(_has_timestamp(f.type) for f in batch.schema):
         raise Fallback("no choices column, or strings read as timestamps")
@@ -191,7 +196,7 @@ def _read_block(batch: pa.RecordBatch, ctx: Context, first_row: int) -> list[Tra
             chs.append(ch)
             c += 1
         obj["choices"] = chs
-        pr.line = first_row + r + 1
+        pr.line = lines[r]
         out.extend(openai_chat._safe(obj, ctx))
         ctx.fast_records += 1
         if pr.total != before[0] or len(pr.warnings) != before[1]:

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import duckdb
 import numpy as np
 
 from ..store import Store
@@ -36,6 +37,8 @@ MAX_BYTES = int(float(os.environ.get("THINKSCOPE_MAX_UPLOAD_MB", 2048)) * (1 << 
 #: traces are written to the staging store in batches of about this many tokens
 BATCH_TOKENS = 50_000
 BATCH_TRACES = 1000
+#: DuckDB's memory cap while staging a file
+STAGING_MEMORY = "128MB"
 STAGING_PREFIX = ".staging-"
 
 ProgressFn = Callable[[int, int], None]
@@ -325,8 +328,15 @@ def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, si
     n_traces = n_tokens = 0
     first_model = None
     report = (lambda done: progress(min(done, size), size)) if progress else None
-    with staging.connect() as con:
-        run_id = staging.create_run("staging", "staging")
+    # a connection of its own, with a memory cap: the staging file only grows, and DuckDB would
+    # otherwise keep its pages cached up to most of the machine's memory (measured: peak memory
+    # grew with the file's size until this cap)
+    con = duckdb.connect(str(staging.path), config={"memory_limit": STAGING_MEMORY, "threads": 2})
+    with contextlib.closing(con):
+        staging._ensure_schema(con)
+        run_id = 1
+        con.execute("INSERT INTO runs (run_id, name, source, created_at, status) VALUES (1, 'staging', "
+                    "'staging', now(), 'running')")
 
         def flush() -> None:
             nonlocal pending, pending_tokens
@@ -399,6 +409,10 @@ def _swap(store: Store, staging: Store, run: dict, digest: str) -> int:
     """Copy the staged run into the real store in one transaction; return its run id there."""
     with store.connect() as con:
         con.execute(f"ATTACH '{_sql_str(staging.path)}' AS stg (READ_ONLY)")
+        # the copy is one transaction of the whole file's rows: cap DuckDB's memory for it, as
+        # for the staging (the store's engine is shared by the process, so restore it after)
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        con.execute(f"SET memory_limit = '{STAGING_MEMORY}'")
         try:
             con.execute("BEGIN")
             new_run = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
@@ -423,6 +437,7 @@ def _swap(store: Store, staging: Store, run: dict, digest: str) -> int:
         finally:
             with contextlib.suppress(Exception):
                 con.execute("DETACH stg")
+            con.execute(f"SET memory_limit = '{limit}'")
     return int(new_run)
 
 

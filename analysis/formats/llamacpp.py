@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import numpy as np
-
 from ..trace import Trace
 from .base import (Context, Keys, Skip, Tokens, flat_fields, guarded, map_metadata, prompt_from, read_tokens, repair,
                    to_trace, with_thinking)
@@ -108,8 +106,7 @@ def parse(obj: Any, ctx: Context) -> Trace:
     meta.update(info)
     sid = obj.get("id") if isinstance(obj.get("id"), str) else None
     return to_trace(t, prompt=prompt_from(obj), boundary=boundary, marker=ctx.marker, source_id=sid,
-                    metadata=meta, vocab=ctx.vocab,
-                    local=ctx.local)
+                    metadata=meta, vocab=ctx.vocab, local=ctx.local)
 
 
 def _read_old(entries: list, pr) -> Tokens:

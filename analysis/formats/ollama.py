@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..trace import Trace
-from .base import Context, Keys, Skip, flat_fields, guarded, map_metadata, prompt_from, read_tokens, repair, to_trace, with_thinking
+from .base import (Context, Keys, Skip, flat_fields, guarded, map_metadata, prompt_from, read_tokens, repair, to_trace,
+                   with_thinking)
 
 NAME = "ollama"
 TITLE = "Ollama /api/generate and /api/chat (also streamed NDJSON)"
@@ -77,5 +78,4 @@ def parse(merged: dict, ctx: Context) -> Trace:
     if merged.get("done_reason"):
         meta["finish_reason"] = merged["done_reason"]
     return to_trace(t, prompt=prompt_from(merged), boundary=boundary, marker=ctx.marker,
-                    source_id=None, metadata=meta, vocab=ctx.vocab,
-                    local=ctx.local)
+                    source_id=None, metadata=meta, vocab=ctx.vocab, local=ctx.local)

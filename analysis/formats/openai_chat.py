@@ -150,8 +150,7 @@ def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | 
                 m["choice"] = i
             sid = None if rid is None else (str(rid) if len(choices) == 1 else f"{rid}:{i}")
             out.append(to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid,
-                                metadata=m, vocab=ctx.vocab,
-                    local=ctx.local))
+                                metadata=m, vocab=ctx.vocab, local=ctx.local))
         except Skip:
             continue
     return out

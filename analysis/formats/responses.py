@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..trace import Trace
-from .base import Context, guarded, Keys, Skip, Tokens, flat_fields, get, map_metadata, prompt_from, read_tokens, repair, to_trace
+from .base import (Context, Keys, Skip, Tokens, flat_fields, get, guarded, map_metadata, prompt_from, read_tokens,
+                   repair, to_trace)
 
 NAME = "openai_responses"
 TITLE = "OpenAI Responses API (output_text logprobs)"
@@ -80,5 +81,4 @@ def parse(obj: Any, ctx: Context) -> Trace:
     sid = obj.get("id") if isinstance(obj.get("id"), str) else None
     prompt = prompt_from(obj) or (obj["instructions"] if isinstance(obj.get("instructions"), str) else "")
     return to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid, metadata=meta,
-                    vocab=ctx.vocab,
-                    local=ctx.local)
+                    vocab=ctx.vocab, local=ctx.local)

@@ -13,7 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import Context, guarded, Skip, Tokens, flat_fields, is_number, map_metadata, prompt_from, repair, show, to_trace
+from .base import (Context, Skip, Tokens, flat_fields, guarded, is_number, map_metadata, prompt_from, repair, show,
+                   to_trace)
 
 NAME = "sglang"
 TITLE = "SGLang native /generate (meta_info logprob tuples)"
@@ -100,8 +101,8 @@ def parse(obj: Any, ctx: Context) -> Trace:
     if isinstance(mi.get("finish_reason"), dict):
         meta["finish_reason"] = mi["finish_reason"].get("type")
     sid = mi.get("id") if isinstance(mi.get("id"), str) else None
-    return to_trace(t, prompt=prompt_from(obj), marker=ctx.marker, source_id=sid, metadata=meta, vocab=ctx.vocab,
-                    local=ctx.local)
+    return to_trace(t, prompt=prompt_from(obj), marker=ctx.marker, source_id=sid, metadata=meta,
+                    vocab=ctx.vocab, local=ctx.local)
 
 
 def _tuple_ok(tup: Any, path: str, pr) -> bool:

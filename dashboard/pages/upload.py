@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ import streamlit as st
 from analysis.errors import ThinkscopeError
 from analysis.formats import FORMATS, ingest_files, preview
 from analysis.formats.base import META_SYNONYMS
-from analysis.formats.ingest import DuplicateFileError, available_fields
+from analysis.formats.ingest import DuplicateFileError
 from analysis.formats.plaintext import NAME as PLAIN_TEXT
 from analysis.formats.tables import TABLE
 from dashboard import charts, state
@@ -25,6 +26,15 @@ COUNT_LIMIT = 64 << 20
 AUTO, NONE = "(automatic)", "(none)"
 TABLE_ROLES = ("trace", "pos", "token", "logprob", "token_id", "topk_tokens", "topk_logprobs", "prompt")
 PLAIN_ROLES = ("prompt", "completion", "thinking")
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
+
+
+def plain(text: str) -> str:
+    """Untrusted text (file names, ids, messages quoting a file) shown as text in markdown:
+    HTML escaped, and markdown's own syntax (links, images, emphasis) made literal."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
 
 st.title("Upload trace files")
 st.caption("Dumps from OpenAI, vLLM, SGLang, llama.cpp or Ollama with logprobs, Batch API output, token "
@@ -98,10 +108,10 @@ blocked = False
 needs_model = False
 for name, path, p, err in previews:
     with st.container(border=True):
-        st.markdown(f"**{html.escape(name)}** · {path.stat().st_size / 1024:,.1f} KB")
+        st.markdown(f"**{plain(name)}** · {path.stat().st_size / 1024:,.1f} KB")
         if err:
             blocked = True
-            st.error(err)
+            st.error(plain(err))
             continue
         d = p.detection
         if d.format == "openai_batch_input":
@@ -118,12 +128,12 @@ for name, path, p, err in previews:
             blocked = True
             more = f" (the first {len(p.problems)} shown)" if p.n_problems > len(p.problems) else ""
             st.error(f"{p.n_problems} problem(s){more}; fix the file or the mapping, nothing can be imported:\n\n"
-                     + "\n".join(f"- {html.escape(x, quote=False)}" for x in p.problems))
+                     + "\n".join(f"- {plain(x)}" for x in p.problems))
         for w in p.warnings:
-            st.warning(w)
+            st.warning(plain(w))
         for i, t in enumerate(p.traces):
             label = t.source_id or f"trace {i + 1}"
-            st.markdown(f"Preview · {html.escape(str(label))} · {t.n_tokens} tokens · estimator `{t.estimator}`")
+            st.markdown(f"Preview · {plain(label)} · {t.n_tokens} tokens · estimator `{t.estimator}`")
             if t.prompt:
                 st.html('<div style="white-space: pre-wrap; color:#4b5563; font-size:0.85rem;">'
                         + html.escape(t.prompt[:600]) + "</div>")
@@ -188,7 +198,7 @@ if st.button("Import", type="primary", disabled=blocked, key="upload.import"):
         st.session_state["upload.duplicate"] = (str(e), e.run_id)
     except ThinkscopeError as e:
         bar.empty()
-        st.error(html.escape(str(e), quote=False).replace("\n", "  \n"))
+        st.error(plain(e).replace("\n", "  \n"))
     else:
         bar.progress(1.0, text="Done")
         st.session_state["upload.last"] = [(r.run_id, r.name, r.n_traces, r.n_tokens) for r in results]
@@ -200,7 +210,7 @@ if st.button("Import", type="primary", disabled=blocked, key="upload.import"):
 
 duplicate = st.session_state.get("upload.duplicate")
 if duplicate:
-    st.warning(duplicate[0])
+    st.warning(plain(duplicate[0]))
     if st.button(f"Open run #{duplicate[1]} in the trace explorer", key="upload.open_duplicate"):
         st.session_state.pop("upload.duplicate", None)
         st.session_state["selected.run_id"] = duplicate[1]
