@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
+PAGES_DIR = Path(__file__).resolve().parent / "views"
 
-#: (file in dashboard/pages, title, icon, url path); the first is the default page
+#: (file in dashboard/views, title, icon, url path); the first is the default page
 PAGES = [
     ("runs.py", "Runs", ":material/table_rows:", "runs"),
     ("explorer.py", "Trace explorer", ":material/timeline:", "explorer"),

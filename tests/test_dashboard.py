@@ -36,7 +36,7 @@ def test_runs_page_lists_runs(filled):
 
 
 def test_explorer_shows_curve_text_and_forks(filled):
-    at = run_page("pages/explorer.py")
+    at = run_page("views/explorer.py")
     assert at.title[0].value == "Trace explorer"
     htmls = [h.proto.body for h in at.get("html")]
     assert any('class="tok"' in h for h in htmls), "coloured token text missing"
@@ -52,12 +52,12 @@ def test_explorer_shows_curve_text_and_forks(filled):
 
 
 def test_explorer_threshold_methods_and_estimators(filled):
-    at = run_page("pages/explorer.py")
+    at = run_page("views/explorer.py")
     est = at.selectbox(key="explorer.estimator")
     assert set(est.options) >= {"full", "full_t1", "topk_renorm", "topk_tail", "epr"}
     forks = {}
     for method in ("fixed", "corpus", "percentile"):
-        at = AppTest.from_file(str(ROOT / "dashboard" / "pages" / "explorer.py"), default_timeout=60)
+        at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "explorer.py"), default_timeout=60)
         at.session_state["explorer.method"] = method
         at.session_state["explorer.estimator"] = "full" if method == "fixed" else "epr"
         at.session_state["explorer.use_lexicon"] = method == "percentile"
@@ -79,14 +79,14 @@ def test_explorer_escapes_token_text(store, tiny_lm, monkeypatch):
                                     topk_logprobs=np.log([[0.5, 0.2], [0.4, 0.3], [0.9, 0.05]]))])
     store.finish_run(run_id)
     monkeypatch.setenv("THINKSCOPE_STORE", str(store.path))
-    at = run_page("pages/explorer.py")
+    at = run_page("views/explorer.py")
     body = "".join(h.proto.body for h in at.get("html"))
     assert "<img src=x" not in body and "</script>" not in body and "<script>" not in body
     assert "&lt;img src=x onerror=alert(1)&gt;" in body
 
 
 def test_generate_page_renders(filled):
-    at = run_page("pages/generate.py")
+    at = run_page("views/generate.py")
     assert at.button(key="generate.go") is not None
     assert "traces" in "".join(m.value for m in at.markdown)
 

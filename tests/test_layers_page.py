@@ -10,7 +10,7 @@ from analysis.record import GenerationSettings, Prompt, record_run
 from dashboard import charts_layers
 from tests.browser import ROOT, browser_page, streamlit_server, wait_for_app
 
-PAGE = str(ROOT / "dashboard" / "pages" / "layers.py")
+PAGE = str(ROOT / "dashboard" / "views" / "layers.py")
 PROMPTS = [Prompt("What is 12 + 7?", {"problem_id": "a", "level": 1.0, "correct": True}),
            Prompt("Tom has 3 apples", {"problem_id": "b", "level": 2.0, "correct": False})]
 

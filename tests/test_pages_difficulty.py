@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.difficulty_data import make_graded_store
 
-PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def upload_page(monkeypatch, store) -> AppTest:
     monkeypatch.setenv("THINKSCOPE_STORE", str(store.path))
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
-    at.switch_page("pages/upload.py")
+    at.switch_page("views/upload.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Upload trace files"

@@ -52,7 +52,7 @@ with st.expander("Run details and settings"):
     c1, c2 = st.columns(2)
     if c1.button("Open in the trace explorer", key="runs.open"):
         st.session_state["selected.run_id"] = run_id
-        st.switch_page("pages/explorer.py")
+        st.switch_page("views/explorer.py")
     with c2.popover("Delete run"):
         st.write("This removes the run and all its traces from the store.")
         if st.button("Delete for good", type="primary", key="runs.delete"):

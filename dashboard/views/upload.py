@@ -20,7 +20,7 @@ from analysis.formats.plaintext import NAME as PLAIN_TEXT
 from analysis.formats.tables import TABLE
 from dashboard import charts, state
 
-EXPLORER = "pages/explorer.py"
+EXPLORER = "views/explorer.py"
 #: files up to this size are read in full for the preview (counts and every problem)
 COUNT_LIMIT = 64 << 20
 AUTO, NONE = "(automatic)", "(none)"

@@ -65,4 +65,4 @@ if st.button("Generate", type="primary", disabled=not prompts, key="generate.go"
         st.success(f"Run #{res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s.")
         st.session_state["selected.run_id"] = res.run_id
         if st.button("Open in the trace explorer", key="generate.open"):
-            st.switch_page("pages/explorer.py")
+            st.switch_page("views/explorer.py")
