@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from .export import import_export
 from .store import Store
@@ -25,8 +28,7 @@ def load_demo(store: Store, if_empty: bool = True) -> int:
     names = set(existing["name"]) if not existing.empty else set()
     loaded = 0
     for f in demo_files():
-        from .export import read_export
-        info, _ = read_export(f)
+        info = json.loads(pq.read_schema(f).metadata[b"thinkscope_run"])
         if info.get("name") in names:
             continue
         import_export(store, f)

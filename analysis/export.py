@@ -47,12 +47,29 @@ def run_frame(store: Store, run_id: int) -> tuple[dict, pd.DataFrame]:
                  .itertuples(index=False, name=None))
     df["topk_tokens"] = [None if ids is None else [vocab.get(int(i), f"<id {int(i)}>") for i in ids]
                          for ids in df["topk_ids"]]
+    df = _with_layers(store, run_id, df, vocab)
     empty = store.query("SELECT idx FROM traces WHERE run_id = ? AND n_tokens = 0", [run_id])
     if not empty.empty:  # traces without tokens still travel, as one row with pos NULL
         extra = store.query(f"""SELECT t.idx AS trace_idx, {cols} FROM traces t
                                 WHERE t.run_id = ? AND t.n_tokens = 0""", [run_id])
         df = pd.concat([df, extra], ignore_index=True).sort_values(["trace_idx", "pos"], na_position="first")
     return info, df.reset_index(drop=True)
+
+
+#: per-layer list columns (logit lens, attention entropy) carried by Parquet exports
+LAYER_COLUMNS = ("lens_entropy", "lens_top1", "attn_entropy", "attn_entropy_norm", "attn_head_entropy")
+
+
+def _with_layers(store: Store, run_id: int, df: pd.DataFrame, vocab: dict[int, str]) -> pd.DataFrame:
+    """Add the run's per-layer columns (and the lens top-1 tokens' text), if it has any."""
+    layers = store.query(f"""
+        SELECT t.idx AS trace_idx, l.pos, {", ".join(f"l.{c}" for c in LAYER_COLUMNS)}
+        FROM token_layers l JOIN traces t USING (trace_id) WHERE t.run_id = ?""", [run_id])
+    if layers.empty:
+        return df
+    layers["lens_top1_tokens"] = [None if ids is None else [vocab.get(int(i), f"<id {int(i)}>") for i in ids]
+                                  for ids in layers["lens_top1"]]
+    return df.merge(layers, on=["trace_idx", "pos"], how="left")
 
 
 def export_run(store: Store, run_id: int, path: str | Path, fmt: str | None = None) -> Path:
@@ -67,6 +84,7 @@ def export_run(store: Store, run_id: int, path: str | Path, fmt: str | None = No
         pq.write_table(table, path)
     elif fmt == "csv":
         out = df.copy()
+        out = out.drop(columns=[c for c in (*LAYER_COLUMNS, "lens_top1_tokens") if c in out])
         for c in ("topk_ids", "topk_tokens", "topk_logprobs"):
             out[c] = [json.dumps(list(v) if v is not None else None, default=float) for v in out[c]]
         for key, value in info.items():

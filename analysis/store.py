@@ -569,6 +569,7 @@ class Store:
         :meth:`layer_info`). Empty when the trace has no layer records.
         """
         with self.connect() as con:
+            trace_id = int(trace_id)
             df = con.execute("SELECT * EXCLUDE (trace_id) FROM token_layers WHERE trace_id = ? ORDER BY pos",
                              [trace_id]).df()
             if df.empty or df["lens_top1"].isna().all():
@@ -596,7 +597,7 @@ class Store:
     def layer_trace_ids(self, run_id: int) -> list[int]:
         """Ids of a run's traces that have per-layer records."""
         df = self.query("""SELECT DISTINCT l.trace_id FROM token_layers l JOIN traces t USING (trace_id)
-                           WHERE t.run_id = ? ORDER BY l.trace_id""", [run_id])
+                           WHERE t.run_id = ? ORDER BY l.trace_id""", [int(run_id)])
         return [int(i) for i in df["trace_id"]]
 
     def layer_profiles(self, run_id: int, field: str = "lens_entropy") -> pd.DataFrame:
@@ -619,7 +620,7 @@ class Store:
                    count(h) FILTER (WHERE NOT isnan(h)) AS n,
                    t.idx, t.problem_id, t.level, t.correct
             FROM v JOIN traces t USING (trace_id)
-            GROUP BY ALL ORDER BY v.trace_id, v.k""", [run_id])
+            GROUP BY ALL ORDER BY v.trace_id, v.k""", [int(run_id)])
 
 
 # ---------------------------------------------------------------------- batch building

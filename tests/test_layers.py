@@ -280,3 +280,20 @@ def test_analysis_layers_does_not_import_streamlit():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_layers_travel_in_parquet_exports(tiny_lm, store, tmp_path):
+    """Export -> import keeps every per-layer array and the lens top-1 tokens' text."""
+    import numpy as np
+    from analysis.export import export_run, import_export
+    from analysis.record import GenerationSettings, Prompt, record_run
+
+    s = GenerationSettings(max_new_tokens=8, samples=1, logit_lens=True, attention_entropy=True)
+    first = record_run(store, tiny_lm, [Prompt("What is 2 + 3?")], s, "layers").run_id
+    second = import_export(store, export_run(store, first, tmp_path / "layers.parquet"))
+    a = store.token_layers(int(store.traces(first).trace_id.iloc[0]))
+    b = store.token_layers(int(store.traces(second).trace_id.iloc[0]))
+    assert len(a) == len(b) == 8
+    for col in ("lens_entropy", "lens_top1", "attn_entropy", "attn_entropy_norm", "attn_head_entropy"):
+        np.testing.assert_array_equal(np.stack(a[col]), np.stack(b[col]))
+    assert a["lens_top1_text"].tolist() == b["lens_top1_text"].tolist()

@@ -451,6 +451,7 @@ def export_trace(g: pd.DataFrame, vocab: dict[int, str], marker: str | None = "<
         token_ids = None if (ti < 0).all() else ti
     boundary = _scalar(first.get("boundary"))
     prompt = _scalar(first.get("prompt"))
+    layers = _export_layers(g, vocab) if n else None
     return Trace(
         prompt=prompt or "", tokens=["" if not isinstance(t, str) else t for t in g["token"]],
         logprobs=pd.to_numeric(g["logprob"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
@@ -459,7 +460,27 @@ def export_trace(g: pd.DataFrame, vocab: dict[int, str], marker: str | None = "<
         entropy_topk={e: ent[e] for e in ("topk_renorm", "topk_tail", "epr") if e in ent} or None,
         boundary=int(boundary) if boundary is not None else None, marker=marker,
         source_id=None if _scalar(first.get("source_id")) is None else str(first.get("source_id")),
-        metadata=meta)
+        metadata=meta, layers=layers)
+
+
+def _export_layers(g: pd.DataFrame, vocab: dict[int, str]) -> dict[str, np.ndarray] | None:
+    """Per-layer arrays [T, L] from a Parquet export's layer columns (None when absent)."""
+    from ..export import LAYER_COLUMNS
+
+    out: dict[str, np.ndarray] = {}
+    for c in LAYER_COLUMNS:
+        if c not in g.columns:
+            continue
+        rows = [v for v in g[c]]
+        if any(not isinstance(v, (list, tuple, np.ndarray)) for v in rows):
+            continue  # a trace recorded without this layer quantity
+        out[c] = np.asarray([np.asarray(v) for v in rows])
+    if "lens_top1" in out and "lens_top1_tokens" in g.columns:
+        for ids, texts in zip(out["lens_top1"], g["lens_top1_tokens"]):
+            if isinstance(texts, (list, tuple, np.ndarray)):
+                for i, text in zip(ids, texts):
+                    vocab.setdefault(int(i), str(text))
+    return out or None
 
 
 def _export_jsonl(path: Path, ctx: Context, progress) -> Iterator[Trace]:
