@@ -91,3 +91,27 @@ def trace_stats_all(path: str, version: int) -> pd.DataFrame:
         SELECT t.run_id, t.trace_id, s.estimator, s.mean_entropy
         FROM traces t JOIN trace_stats s ON s.trace_id = t.trace_id
              AND s.estimator = t.estimator AND s.phase = 'all'""")
+
+
+def trace_label(row, with_entropy: bool = True) -> str:
+    """One line describing a trace row of ``Store.traces``: index, problem, level, grade, size."""
+    bits = [f"#{int(row.idx)}"]
+    if isinstance(row.problem_id, str):
+        bits.append(row.problem_id)
+    if pd.notna(row.level):
+        bits.append(f"level {row.level:g}")
+    if pd.notna(row.correct):
+        bits.append("✓ correct" if row.correct else "✗ wrong")
+    bits.append(f"{int(row.n_tokens)} tokens")
+    if with_entropy and pd.notna(getattr(row, "mean_entropy", None)):
+        bits.append(f"H̄ {convert(row.mean_entropy):.3f} {unit()}")
+    return " · ".join(bits)
+
+
+def select_trace(traces: pd.DataFrame, key: str, with_entropy: bool = True):
+    """A trace picker over ``traces`` that follows the explorer's current trace."""
+    ids = traces["trace_id"].tolist()
+    by_id = {r.trace_id: r for r in traces.itertuples()}
+    wanted = st.session_state.get("explorer.trace_id")
+    return st.selectbox("Trace", ids, index=ids.index(wanted) if wanted in ids else 0,
+                        format_func=lambda t: trace_label(by_id[t], with_entropy), key=key)

@@ -24,26 +24,7 @@ if traces.empty:
     st.info("This run has no traces yet.")
     st.stop()
 
-
-def trace_label(tid: int) -> str:
-    r = traces.loc[traces.trace_id == tid].iloc[0]
-    bits = [f"#{int(r.idx)}"]
-    if isinstance(r.problem_id, str):
-        bits.append(r.problem_id)
-    if pd.notna(r.level):
-        bits.append(f"level {r.level:g}")
-    if pd.notna(r.correct):
-        bits.append("✓ correct" if r.correct else "✗ wrong")
-    bits.append(f"{int(r.n_tokens)} tokens")
-    if pd.notna(r.mean_entropy):
-        bits.append(f"H̄ {state.convert(r.mean_entropy):.3f} {state.unit()}")
-    return " · ".join(bits)
-
-
-ids = traces["trace_id"].tolist()
-wanted = st.session_state.get("explorer.trace_id")
-trace_id = st.selectbox("Trace", ids, index=ids.index(wanted) if wanted in ids else 0,
-                        format_func=trace_label, key="explorer.trace")
+trace_id = state.select_trace(traces, "explorer.trace")
 st.session_state["explorer.trace_id"] = trace_id
 row = traces.loc[traces.trace_id == trace_id].iloc[0]
 tok = state.cached(state.tokens, int(trace_id))

@@ -69,23 +69,7 @@ ids = state.cached(layer_trace_ids, int(run_id))
 traces = traces[traces.trace_id.isin(ids)].reset_index(drop=True)
 
 
-def trace_label(tid: int) -> str:
-    r = traces.loc[traces.trace_id == tid].iloc[0]
-    bits = [f"#{int(r.idx)}"]
-    if isinstance(r.problem_id, str):
-        bits.append(r.problem_id)
-    if pd.notna(r.level):
-        bits.append(f"level {r.level:g}")
-    if pd.notna(r.correct):
-        bits.append("✓ correct" if r.correct else "✗ wrong")
-    bits.append(f"{int(r.n_tokens)} tokens")
-    return " · ".join(bits)
-
-
-tids = traces["trace_id"].tolist()
-wanted = st.session_state.get("explorer.trace_id")
-trace_id = st.selectbox("Trace", tids, index=tids.index(wanted) if wanted in tids else 0,
-                        format_func=trace_label, key="layers.trace")
+trace_id = state.select_trace(traces, "layers.trace", with_entropy=False)
 row = traces.loc[traces.trace_id == trace_id].iloc[0]
 info = json_settings(row.metadata).get("layer_info", {})
 lay = state.cached(token_layers, int(trace_id))
@@ -187,7 +171,7 @@ by = c2.radio("Compare", ["trace", "difficulty", "correct"], horizontal=True, ke
 prof = state.cached(layer_profiles, int(run_id), field)
 quantity, layer_ids = fields[field]
 if by == "trace":
-    labels = pd.Series({int(t): trace_label(t) for t in traces.trace_id[:12]})
+    labels = pd.Series({int(r.trace_id): state.trace_label(r, with_entropy=False) for r in traces.head(12).itertuples()})
     note = "One line per trace (the first 12), each its mean over tokens; band: none."
 elif by == "difficulty":
     bins = layers.difficulty_bins(traces)
