@@ -95,3 +95,26 @@ def test_empty_store_says_what_to_do(store, monkeypatch):
     monkeypatch.setenv("THINKSCOPE_STORE", str(store.path))
     at = run_page()
     assert "no runs yet" in at.info[0].value
+
+
+def test_generate_page_records_a_run(store, tiny_lm, tmp_path, monkeypatch):
+    """Generate from the page with a local model folder: the run lands in the store."""
+    folder = tmp_path / "tiny-model"
+    tiny_lm.model.save_pretrained(folder)
+    tiny_lm.tokenizer.save_pretrained(folder)
+    monkeypatch.setenv("THINKSCOPE_STORE", str(store.path))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "generate.py"), default_timeout=120)
+    at.session_state["generate.source"] = "my prompts"
+    at.session_state["generate.prompts"] = "What is 1 + 1?\nWhat is 2 + 2?"
+    at.session_state["generate.model"] = str(folder)
+    at.session_state["generate.max_tokens"] = 8
+    at.session_state["generate.samples"] = 2
+    at.session_state["generate.lens"] = True
+    at.run()
+    at.button(key="generate.go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "4 traces" in at.success[0].value
+    runs = store.runs()
+    assert list(runs["n_traces"]) == [4] and runs["model"].iloc[0] == str(folder.resolve())
+    tid = int(store.traces(int(runs["run_id"].iloc[0]))["trace_id"].iloc[0])
+    assert len(store.token_layers(tid)) == 8

@@ -46,13 +46,19 @@ with st.expander("Model and sampling", expanded=False):
     greedy = c5.toggle("Greedy decoding", False, key="generate.greedy")
     seed = c6.number_input("Seed", 0, 1_000_000, 0, key="generate.seed")
     marker = c7.text_input("End-of-thinking marker", marker_default, key=f"generate.marker.{source}")
+    c8, c9 = st.columns(2)
+    lens = c8.toggle("Record logit-lens entropy per layer (slower)", False, key="generate.lens",
+                     help="Entropy-Lens (arXiv 2502.16570): every layer's entropy and top-1 token; Layers page.")
+    attn = c9.toggle("Record attention entropy per layer (slower)", False, key="generate.attn",
+                     help="Per layer, mean over heads, raw and normalised by ln(t+1); Layers page.")
 name = st.text_input("Run name", f"{source} · browser", key="generate.name")
 
 st.write(f"{len(prompts)} prompt(s) × {int(samples)} sample(s) = **{len(prompts) * int(samples)} traces**")
 if st.button("Generate", type="primary", disabled=not prompts, key="generate.go"):
     settings = GenerationSettings(temperature=float(temperature), top_p=float(top_p),
                                   max_new_tokens=int(max_tokens), seed=int(seed), samples=int(samples),
-                                  do_sample=not greedy, marker=marker or "</think>")
+                                  do_sample=not greedy, marker=marker or "</think>",
+                                  logit_lens=lens, attention_entropy=attn)
     try:
         lm = get_model(model_spec.strip())
         bar = st.progress(0.0, text="generating ...")
