@@ -156,7 +156,7 @@ def run_entropy_box(stats: pd.DataFrame, unit: str) -> go.Figure:
                              pointpos=0, marker=dict(color=PALETTE[i % len(PALETTE)], size=4),
                              hovertemplate=f"%{{y:.3f}} {unit} ({html.escape(est)})<extra></extra>"))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), showlegend=False,
-                      yaxis_title=f"sequence entropy: mean token entropy per trace ({unit}, best estimator of each run)")
+                      yaxis_title=f"sequence entropy ({unit}, best estimator)")
     return fig
 
 

@@ -31,7 +31,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     with streamlit_server(Path(args.store)) as url, browser_page(1400, args.height) as page:
         for name in args.pages:
-            page.goto(f"{url}/{name}")
+            page.goto(f"{url}/{'' if name == PAGES[0] else name}")  # the default page lives at /
             wait_for_app(page)
             page.wait_for_timeout(2500)  # plotly draws after the script finishes
             path = out / f"{name}.png"

@@ -22,13 +22,13 @@ unit = state.unit()
 table = pd.DataFrame({
     "run": runs["run_id"],
     "name": runs["name"],
-    "source": runs["source"],
-    "model": runs["model"],
-    "status": runs["status"],
     "traces": runs["n_traces"].astype(int),
     "tokens": runs["n_tokens"].astype(int),
     f"mean entropy ({unit})": state.convert(runs["mean_entropy"].astype(float)),
     "estimator": runs["estimator"],
+    "source": runs["source"],
+    "model": runs["model"],
+    "status": runs["status"],
     "created (UTC)": runs["created_at"],
 })
 st.dataframe(table, hide_index=True, width="stretch",
