@@ -703,7 +703,7 @@ def _append_answer(trace, lm, cue_ids: Sequence[int], ans: dict, k: int):
     from .trace import Trace
 
     ids = np.concatenate([trace.token_ids, np.asarray(cue_ids, np.int64), np.asarray(ans["ids"], np.int64)])
-    n_old, n_cue, n_ans = trace.n_tokens, len(cue_ids), len(ans["ids"])
+    n_cue, n_ans = len(cue_ids), len(ans["ids"])
     pieces = token_pieces(lm.tokenizer, ids.tolist())
     nan = np.full(n_cue, np.nan)
 

@@ -16,7 +16,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import metrics
 from .models import LoadedModel
 from .trace import Trace
 

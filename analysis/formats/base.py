@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -121,6 +121,18 @@ def guarded(pr: "Problems", fn, *args, **kwargs):
     except (TypeError, AttributeError, KeyError, IndexError, ValueError, OverflowError) as e:
         pr.add(f"the record does not have the expected structure ({type(e).__name__}: {str(e)[:120]})")
         return None
+
+
+def each_record(values, ctx: "Context", parse) -> Iterator["Trace"]:
+    """Traces of formats whose records stand alone: ``parse(obj, ctx)`` gives a trace, a list
+    of traces, or None, one record at a time, each under ``guarded``."""
+    for line, obj in values:
+        ctx.problems.line = line
+        out = guarded(ctx.problems, parse, obj, ctx)
+        if isinstance(out, list):
+            yield from out
+        elif out is not None:
+            yield out
 
 
 # --------------------------------------------------------------------------- field access

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (Context, Skip, Tokens, flat_fields, get, guarded, is_number, map_metadata, prompt_from, repair,
+from .base import (Context, each_record, Skip, Tokens, flat_fields, get, is_number, map_metadata, prompt_from, repair,
                    show, to_trace, with_thinking)
 
 NAME = "openai_completions"
@@ -34,9 +34,7 @@ def sniff(obj: Any) -> float:
 
 
 def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
-    for line, obj in values:
-        ctx.problems.line = line
-        yield from guarded(ctx.problems, parse, obj, ctx) or []
+    return each_record(values, ctx, parse)
 
 
 def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | None = None) -> list[Trace]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..trace import Trace
-from .base import (Context, Keys, Skip, Tokens, flat_fields, get, guarded, map_metadata, prompt_from, read_tokens,
+from .base import (Context, each_record, Keys, Skip, Tokens, flat_fields, get, map_metadata, prompt_from, read_tokens,
                    repair, to_trace)
 
 NAME = "openai_responses"
@@ -31,11 +31,7 @@ def sniff(obj: Any) -> float:
 
 
 def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
-    for line, obj in values:
-        ctx.problems.line = line
-        t = guarded(ctx.problems, parse, obj, ctx)
-        if t is not None:
-            yield t
+    return each_record(values, ctx, parse)
 
 
 def parse(obj: Any, ctx: Context) -> Trace:

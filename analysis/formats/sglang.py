@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (Context, Skip, Tokens, flat_fields, guarded, is_number, map_metadata, prompt_from, repair, show,
+from .base import (Context, each_record, Skip, Tokens, flat_fields, is_number, map_metadata, prompt_from, repair, show,
                    to_trace)
 
 NAME = "sglang"
@@ -27,11 +27,7 @@ def sniff(obj: Any) -> float:
 
 
 def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
-    for line, obj in values:
-        ctx.problems.line = line
-        t = guarded(ctx.problems, parse, obj, ctx)
-        if t is not None:
-            yield t
+    return each_record(values, ctx, parse)
 
 
 def parse(obj: Any, ctx: Context) -> Trace:
