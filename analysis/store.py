@@ -138,6 +138,23 @@ def _py(params: list | None) -> list:
     return [p.item() if isinstance(p, np.generic) else p for p in (params or [])]
 
 
+class _Connection:
+    """A DuckDB connection whose parameters may be numpy scalars (ids read from DataFrames):
+    DuckDB binds only plain Python values, so they are converted here, once for every query."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+
+    def execute(self, sql: str, params=None):
+        return self._con.execute(sql, _py(params))
+
+    def sql(self, sql: str, params=None):
+        return self._con.sql(sql, params=_py(params) if params is not None else None)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
 class StoreError(ThinkscopeError):
     """A store problem with a message fit to show a user (names the file)."""
 
@@ -179,12 +196,6 @@ def _close_engine() -> None:
         _ATTACHED.clear()
         if eng is not None:
             eng.close()
-
-
-@dataclass
-class RunInfo:
-    run_id: int
-    name: str
 
 
 class Store:
@@ -237,7 +248,7 @@ class Store:
             eng.execute(f"DETACH {entry[0]}")
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self) -> Iterator[_Connection]:
         """A short-lived connection with the schema checked (and created on first use).
 
         The file is attached for the duration of the ``with`` block only, so the file lock is
@@ -255,7 +266,7 @@ class Store:
                     if not self._ready:
                         self._ensure_schema(con)
                         self._ready = True
-                    yield con
+                    yield _Connection(con)
                 finally:
                     con.close()  # rolls back a transaction left open by an exception
             finally:
@@ -293,7 +304,7 @@ class Store:
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """Run one read query and return a DataFrame."""
         with self.connect() as con:
-            return con.execute(sql, _py(params)).df()
+            return con.execute(sql, params).df()
 
     def version(self) -> int:
         """A number that changes whenever the file changes (for cache keys)."""
@@ -322,7 +333,6 @@ class Store:
 
     def finish_run(self, run_id: int, status: str = "complete") -> None:
         """Set a run's status and refresh its counts."""
-        run_id = int(run_id)
         with self.connect() as con:
             con.execute(
                 "UPDATE runs SET status = ?, "
@@ -332,7 +342,6 @@ class Store:
 
     def delete_run(self, run_id: int) -> None:
         """Remove a run and everything in it, in one transaction."""
-        run_id = int(run_id)
         with self.connect() as con:
             con.execute("BEGIN")
             for table in ("token_layers", "tokens", "trace_stats"):
@@ -413,7 +422,7 @@ class Store:
                 GROUP BY trace_id, estimator)
             SELECT {cols}, s.mean_entropy, s.mean_entropy_thinking, s.mean_entropy_answer
             FROM traces t LEFT JOIN s ON s.trace_id = t.trace_id AND s.estimator = t.estimator
-            WHERE t.run_id = $1 ORDER BY t.idx""", [int(run_id)])
+            WHERE t.run_id = $1 ORDER BY t.idx""", [run_id])
 
     def trace(self, trace_id: int) -> pd.Series:
         df = self.query("SELECT * FROM traces WHERE trace_id = ?", [trace_id])
@@ -424,7 +433,6 @@ class Store:
     def tokens(self, trace_id: int, with_alternatives: bool = True) -> pd.DataFrame:
         """One row per token of a trace; with the top-k alternatives' text and logprobs."""
         with self.connect() as con:
-            trace_id = int(trace_id)
             df = con.execute("SELECT * FROM tokens WHERE trace_id = ? ORDER BY pos", [trace_id]).df()
             if not with_alternatives or df.empty:
                 return df
@@ -477,14 +485,14 @@ class Store:
             raise ValueError(f"window size must be >= 1, got {w}")
         with self.connect() as con:
             tr = con.execute("SELECT trace_id, n_tokens FROM traces WHERE run_id = ? ORDER BY trace_id",
-                             [int(run_id)]).fetchnumpy()
+                             [run_id]).fetchnumpy()
             if not len(tr["trace_id"]):
                 return np.empty(0)
             # relation API straight to Arrow: about half the cost of fetchnumpy at 1M rows
             tok = con.sql(f"""
                 SELECT trace_id, pos, {col} AS h FROM tokens
                 WHERE trace_id IN (SELECT trace_id FROM traces WHERE run_id = ?)""",
-                params=[int(run_id)]).to_arrow_table()
+                params=[run_id]).to_arrow_table()
         tids = np.asarray(tr["trace_id"], np.int64)
         lengths = np.asarray(tr["n_tokens"], np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths + w)[:-1]])  # in the padded layout
@@ -532,7 +540,7 @@ class Store:
                 con.execute("""UPDATE traces SET pred_answer = _grades.pred_answer::VARCHAR,
                                                  correct = _grades.correct::BOOLEAN
                                FROM _grades WHERE traces.trace_id = _grades.trace_id
-                                 AND traces.run_id = ?""", [int(run_id)])
+                                 AND traces.run_id = ?""", [run_id])
                 con.unregister("_grades")
                 if rule is not None:
                     self.merge_settings(run_id, {"grading": rule}, con=con)
@@ -544,7 +552,7 @@ class Store:
     def merge_settings(self, run_id: int, patch: dict, con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Merge ``patch`` into a run's settings JSON (grading rule, pass rates, early-stop results)."""
         sql = "UPDATE runs SET settings = json_merge_patch(coalesce(settings, '{}'), ?) WHERE run_id = ?"
-        params = [json.dumps(patch, default=str), int(run_id)]
+        params = [json.dumps(patch, default=str), run_id]
         if con is not None:
             con.execute(sql, params)
             return
@@ -569,7 +577,6 @@ class Store:
         :meth:`layer_info`). Empty when the trace has no layer records.
         """
         with self.connect() as con:
-            trace_id = int(trace_id)
             df = con.execute("SELECT * EXCLUDE (trace_id) FROM token_layers WHERE trace_id = ? ORDER BY pos",
                              [trace_id]).df()
             if df.empty or df["lens_top1"].isna().all():
@@ -597,7 +604,7 @@ class Store:
     def layer_trace_ids(self, run_id: int) -> list[int]:
         """Ids of a run's traces that have per-layer records."""
         df = self.query("""SELECT DISTINCT l.trace_id FROM token_layers l JOIN traces t USING (trace_id)
-                           WHERE t.run_id = ? ORDER BY l.trace_id""", [int(run_id)])
+                           WHERE t.run_id = ? ORDER BY l.trace_id""", [run_id])
         return [int(i) for i in df["trace_id"]]
 
     def layer_profiles(self, run_id: int, field: str = "lens_entropy") -> pd.DataFrame:
@@ -620,7 +627,7 @@ class Store:
                    count(h) FILTER (WHERE NOT isnan(h)) AS n,
                    t.idx, t.problem_id, t.level, t.correct
             FROM v JOIN traces t USING (trace_id)
-            GROUP BY ALL ORDER BY v.trace_id, v.k""", [int(run_id)])
+            GROUP BY ALL ORDER BY v.trace_id, v.k""", [run_id])
 
 
 # ---------------------------------------------------------------------- batch building

@@ -108,8 +108,6 @@ class Trace:
             out["full_t1"] = self.entropy_full_t1
         if self.k > 0:
             out.update(metrics.all_topk_entropies(self.topk_logprobs))
-        elif self.n_tokens == 0:
-            pass
         return out
 
     def primary_entropy(self) -> np.ndarray:

@@ -380,3 +380,19 @@ def test_a_store_locked_longer_than_the_timeout_gives_a_clear_error(tmp_path):
         holder.kill()
         holder.wait()
     assert Store(path, lock_timeout=5).counts()["runs"] == 0  # usable once released
+
+
+def test_ids_read_from_dataframes_bind_as_parameters(store, tiny_lm):
+    """Ids taken from query results are numpy scalars; every method accepts them."""
+    import numpy as np
+    from tests.helpers import fill_store
+
+    run_id = np.int64(fill_store(store, tiny_lm, max_new_tokens=4, samples=1))
+    trace_id = store.traces(run_id)["trace_id"].iloc[0]
+    assert isinstance(trace_id, np.integer)
+    assert len(store.tokens(trace_id)) == 4
+    assert store.token_layers(trace_id).empty
+    assert len(store.run_window_entropy(run_id)) == 8
+    store.finish_run(run_id, "complete")
+    store.delete_run(run_id)
+    assert store.counts() == {"runs": 0, "traces": 0, "tokens": 0}

@@ -339,19 +339,12 @@ def _bytes_text(alt: dict, key: str) -> str:
 
 def _report_tokens(entries: list, path: str, pr: Problems, keys: Keys) -> None:
     """Walk token entries and record every bad field with its JSON path."""
-    num = "a probability" if keys.probs else "a number"
     for i, e in enumerate(entries):
         p = f"{path}[{i}]"
         if not isinstance(e, dict):
             pr.bad(p, e, "an object")
             continue
-        if keys.token not in e:
-            pr.missing(f"{p}.{keys.token}")
-        elif not isinstance(e[keys.token], str):
-            pr.bad(f"{p}.{keys.token}", e[keys.token], "a string")
-        v = e.get(keys.logprob)
-        if not (v is None or is_number(v)) or (keys.probs and is_number(v) and v < 0):
-            pr.bad(f"{p}.{keys.logprob}", v, num)
+        _report_pair(e, p, keys.token, keys.logprob, keys.probs, pr)
         if keys.id and e.get(keys.id) is not None and type(e.get(keys.id)) is not int:
             pr.bad(f"{p}.{keys.id}", e[keys.id], "an integer")
         if keys.bytes and e.get(keys.bytes) is not None and not _is_byte_list(e[keys.bytes]):
@@ -367,13 +360,19 @@ def _report_tokens(entries: list, path: str, pr: Problems, keys: Keys) -> None:
             if not isinstance(a, dict):
                 pr.bad(q, a, "an object")
                 continue
-            if keys.alt_token not in a:
-                pr.missing(f"{q}.{keys.alt_token}")
-            elif not isinstance(a[keys.alt_token], str):
-                pr.bad(f"{q}.{keys.alt_token}", a[keys.alt_token], "a string")
-            v = a.get(keys.alt_logprob)
-            if not (v is None or is_number(v)) or (keys.probs and is_number(v) and v < 0):
-                pr.bad(f"{q}.{keys.alt_logprob}", v, num)
+            _report_pair(a, q, keys.alt_token, keys.alt_logprob, keys.probs, pr)
+
+
+def _report_pair(obj: dict, path: str, token_key: str, value_key: str, probs: bool, pr: Problems) -> None:
+    """A token entry or an alternative: its text must be a string, its value a number
+    (a non-negative one when the source gives probabilities)."""
+    if token_key not in obj:
+        pr.missing(f"{path}.{token_key}")
+    elif not isinstance(obj[token_key], str):
+        pr.bad(f"{path}.{token_key}", obj[token_key], "a string")
+    v = obj.get(value_key)
+    if not (v is None or is_number(v)) or (probs and is_number(v) and v < 0):
+        pr.bad(f"{path}.{value_key}", v, "a probability" if probs else "a number")
 
 
 def _is_byte_list(v: Any) -> bool:
