@@ -101,28 +101,34 @@ def token_entropy(logits, temperature: float = 1.0) -> Quantity:
 # --------------------------------------------------------------------------- top-k estimators
 
 
-def clean_logprobs(logprobs) -> np.ndarray:
+def clean_logprobs(logprobs, inplace: bool = False) -> np.ndarray:
     """Top-k logprobs as float64 with every 'probability 0' sentinel set to -inf.
 
     NaN, +inf, -inf, values <= -9999 (OpenAI/vLLM) and the lowest float (llama.cpp)
     all mean 'no probability mass here'. Positive values (> 0) are clipped to 0.
+    ``inplace=True`` cleans a float64 array in place (no copy) and returns it.
     """
-    lp = np.array(logprobs, dtype=np.float64, copy=True)
-    bad = ~np.isfinite(lp) | (lp <= SENTINEL_LOGPROB)
-    lp[bad] = -np.inf
+    lp = np.asarray(logprobs, dtype=np.float64)
+    if not inplace:
+        lp = lp.copy()
+    usable = (lp > SENTINEL_LOGPROB) & (lp < np.inf)  # False for NaN as well
+    np.copyto(lp, -np.inf, where=~usable)
     np.minimum(lp, 0.0, out=lp)
     return lp
 
 
-def all_topk_entropies(logprobs) -> dict[str, np.ndarray]:
+def all_topk_entropies(logprobs, cleaned: bool = False) -> dict[str, np.ndarray]:
     """Every top-k estimator (nats) for the same [T, k] logprobs, by estimator name.
 
     Padding and sentinels count as probability 0. A row with no usable probability gives NaN.
     - ``topk_renorm``: renormalise the k probabilities, then H = -(1/m) sum p ln p + ln m.
     - ``topk_tail``: H over the k probabilities plus one tail bucket of mass 1 - m.
     - ``epr``: sum of -p ln p over the k, no renormalisation (never exceeds the full H).
+
+    ``cleaned=True`` says the logprobs already went through ``clean_logprobs`` (float64), so
+    they are not cleaned a second time; they are modified in place.
     """
-    lp = clean_logprobs(logprobs)
+    lp = logprobs if cleaned else clean_logprobs(logprobs)
     if lp.ndim == 1:
         lp = lp[None, :]
     if lp.ndim != 2:

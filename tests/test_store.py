@@ -195,6 +195,70 @@ def test_nested_operations_share_one_attachment(store):
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
 
 
+def test_add_batches_writes_what_add_traces_writes(tmp_path):
+    """The bulk path (a stream of batches, built ahead while the previous one is written)
+    stores the same rows, ids and vocabulary as one add_traces call per batch."""
+    batches = [[make_trace(40, seed=s, marker_at=20), make_trace(7, seed=s + 50)] for s in range(5)]
+    batches.insert(2, [])  # an empty batch in the stream is skipped
+    batches.append([make_trace(6, k=3, seed=90, text_alts=True), make_trace(4, k=3, seed=90, text_alts=True)])
+    vocab = vocab_for([t for b in batches for t in b if t.topk_ids is not None])
+    one, bulk = Store(tmp_path / "one.duckdb"), Store(tmp_path / "bulk.duckdb")
+    r1, r2 = one.create_run("r", "test"), bulk.create_run("r", "test")
+    ids1 = [i for b in batches for i in one.add_traces(r1, b, vocab)]
+    seen: list[list[int]] = []
+    ids2 = bulk.add_batches(r2, batches, vocab, on_batch=seen.append)
+    assert ids1 == ids2 == list(range(1, 13)) and [i for b in seen for i in b] == ids2 and len(seen) == 6
+    for table, order in (("traces", "trace_id"), ("tokens", "trace_id, pos"), ("vocab", "token_id"),
+                         ("trace_stats", "trace_id, estimator, phase")):
+        a = one.query(f"SELECT * FROM {table} ORDER BY {order}")
+        b = bulk.query(f"SELECT * FROM {table} ORDER BY {order}")
+        assert a.drop(columns=["run_id"], errors="ignore").astype(str).equals(
+            b.drop(columns=["run_id"], errors="ignore").astype(str)), table
+    assert bulk.traces(r2, with_completion=True)["completion"].tolist() == \
+        [t.completion for b in batches for t in b]
+
+
+def test_add_batches_keeps_the_batches_committed_before_a_failure(store, monkeypatch):
+    run = store.create_run("bulk", "test")
+    batches = [[make_trace(10, seed=s)] for s in range(4)]
+    vocab = vocab_for([t for b in batches for t in b])
+    real, calls = store_mod.build_batch, []
+
+    def third_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("bad batch")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_mod, "build_batch", third_fails)
+    committed: list[list[int]] = []
+    with pytest.raises(RuntimeError, match="bad batch"):
+        store.add_batches(run, batches, vocab, on_batch=committed.append)
+    assert store.counts()["traces"] == 2 and store.counts()["tokens"] == 20
+    assert store.traces(run)["trace_id"].tolist() == [1, 2] and committed == [[1], [2]]
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path):
+    """Version 1 kept each completion's text in traces; opening it drops the column (the
+    text now comes from the tokens) and keeps every row."""
+    path = tmp_path / "v1.duckdb"
+    v1 = store_mod.SCHEMA.replace("    prompt VARCHAR,", "    prompt VARCHAR,\n    completion VARCHAR,", 1)
+    con = duckdb.connect(str(path))
+    con.execute(v1)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO runs (run_id, name, source, created_at, status) VALUES (1, 'old', 'test', now(), 'complete')")
+    con.execute("INSERT INTO traces (trace_id, run_id, idx, prompt, completion, n_tokens, boundary, estimator, k) "
+                "VALUES (1, 1, 0, 'p', 'Hi there', 2, 2, 'full', 0)")
+    con.execute("INSERT INTO tokens (trace_id, pos, token, entropy) VALUES (1, 0, 'Hi', 0.5), (1, 1, ' there', 0.25)")
+    con.close()
+    store = Store(path)
+    tr = store.traces(1, with_completion=True)
+    assert tr["completion"].tolist() == ["Hi there"] and tr["prompt"].tolist() == ["p"]
+    assert store.query("SELECT value FROM meta WHERE key = 'schema_version'")["value"].tolist() == [
+        str(SCHEMA_VERSION)]
+    assert "completion" not in store.query("SELECT * FROM traces").columns
+
+
 # --------------------------------------------------------------------------- transactions
 
 
