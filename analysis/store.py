@@ -724,7 +724,7 @@ class _NextIds:
             [run_id, LOCAL_ID_BASE]).fetchall())
         known_real = np.asarray(con.execute(  # numpy, not a set of tuples: ~49k ids per batch
             "SELECT token_id FROM vocab WHERE run_id = ? AND token_id < ?",
-            [run_id, LOCAL_ID_BASE]).fetchnumpy()["token_id"], np.int64) if vocab else None
+            [run_id, LOCAL_ID_BASE]).fetchnumpy()["token_id"], np.int64) if vocab is not None else None
         return cls(int(first_id), int(first_idx), known, known_real)
 
     def build(self, traces: list[Trace], run_id: int, vocab: dict[int, str] | None) -> "Batch":

@@ -162,7 +162,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", type=int, default=1000)
     ap.add_argument("--length", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=50, help="traces per batch (one transaction each)")
+    ap.add_argument("--batch", type=int, default=100, help="traces per batch (one transaction each)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds the three ways of writing alternate in")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=15)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import duckdb
 import numpy as np
 
-from ..store import Store
+from ..store import ROW_GROUP_SIZE, Store
 from ..trace import Trace, TraceError
 from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
@@ -35,7 +35,7 @@ from .jsonstream import first_char, is_json_lines, iter_values
 #: files larger than this are refused (bytes); THINKSCOPE_MAX_UPLOAD_MB overrides it
 MAX_BYTES = int(float(os.environ.get("THINKSCOPE_MAX_UPLOAD_MB", 2048)) * (1 << 20))
 #: traces are written to the staging store in batches of about this many tokens
-BATCH_TOKENS = 50_000
+BATCH_TOKENS = 100_000
 BATCH_TRACES = 1000
 #: DuckDB's memory cap while staging a file
 STAGING_MEMORY = "128MB"
@@ -323,35 +323,21 @@ def ingest_file(store: Store, path: str | Path, format: str | None = None, run_n
 def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, size: int,
            progress: ProgressFn | None, on_batch) -> tuple[int, int, str | None]:
     pr = ctx.problems
-    pending: list[Trace] = []
-    pending_tokens = 0
-    n_traces = n_tokens = 0
+    counts = {"traces": 0, "tokens": 0, "written": 0}
     first_model = None
     report = (lambda done: progress(min(done, size), size)) if progress else None
-    # a connection of its own, with a memory cap: the staging file only grows, and DuckDB would
-    # otherwise keep its pages cached up to most of the machine's memory (measured: peak memory
-    # grew with the file's size until this cap)
-    con = duckdb.connect(str(staging.path), config={"memory_limit": STAGING_MEMORY, "threads": 2})
-    with contextlib.closing(con):
-        staging._ensure_schema(con)
-        run_id = 1
-        con.execute("INSERT INTO runs (run_id, name, source, created_at, status) VALUES (1, 'staging', "
-                    "'staging', now(), 'running')")
 
-        def flush() -> None:
-            nonlocal pending, pending_tokens
-            if pending and not pr.total:
-                staging.add_traces(run_id, pending, ctx.vocab or None, con=con)
-                _write_local_vocab(con, run_id, ctx)
-                if on_batch:
-                    on_batch(n_traces)
-            pending, pending_tokens = [], 0
-
+    def batches() -> Iterator[list[Trace]]:
+        """The file's traces in batches of about BATCH_TOKENS tokens; none once it has a problem
+        (it is still read to the end, or to the cap, to report every problem)."""
+        nonlocal first_model
+        pending: list[Trace] = []
+        pending_tokens = 0
         for t in unique_ids(read_traces(path, ctx, d.format, report, name), pr):
             if first_model is None and isinstance(t.metadata.get("model"), str):
                 first_model = t.metadata["model"]
-            n_traces += 1
-            n_tokens += t.n_tokens
+            counts["traces"] += 1
+            counts["tokens"] += t.n_tokens
             if pr.total:  # a bad file: keep reading to report every problem, store nothing
                 pending = []
                 if pr.full:
@@ -360,11 +346,33 @@ def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, si
             pending.append(t)
             pending_tokens += t.n_tokens
             if pending_tokens >= BATCH_TOKENS or len(pending) >= BATCH_TRACES:
-                flush()
-        flush()
+                yield pending
+                pending, pending_tokens = [], 0
+        if pending and not pr.total:
+            yield pending
+
+    def written(ids: list[int]) -> None:
+        counts["written"] += len(ids)
+        if on_batch:
+            on_batch(counts["written"])
+
+    # an engine of its own with a memory cap: the staging file only grows, and DuckDB would
+    # otherwise keep its pages cached up to most of the machine's memory (measured: peak memory
+    # grew with the file's size until this cap); the file stays attached for the whole import
+    eng = duckdb.connect(":memory:", config={"memory_limit": STAGING_MEMORY, "threads": 2})
+    with contextlib.closing(eng):
+        eng.execute(f"ATTACH '{_sql_str(staging.path)}' AS staging (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        eng.execute("USE staging")
+        staging._ensure_schema(eng)
+        eng.execute("INSERT INTO runs (run_id, name, source, created_at, status) VALUES (1, 'staging', "
+                    "'staging', now(), 'running')")
+        staging.add_batches(1, batches(), ctx.vocab, con=eng,  # ctx.vocab fills up while reading
+                            extra=lambda: _local_vocab(1, ctx), on_batch=written)
+        eng.execute("USE memory")
+        eng.execute("DETACH staging")
     if progress:
         progress(size, size)
-    return n_traces, n_tokens, first_model
+    return counts["traces"], counts["tokens"], first_model
 
 
 def unique_ids(traces: Iterator[Trace], pr: Problems) -> Iterator[Trace]:
@@ -391,18 +399,16 @@ def _diagnose(path: Path, name: str, d: Detection, ctx: Context) -> None:
     pr.raise_if_any()
 
 
-def _write_local_vocab(con, run_id: int, ctx: Context) -> None:
-    """Vocab rows for the run-local ids given out since the last batch (see ``LocalIds``)."""
+def _local_vocab(run_id: int, ctx: Context) -> dict:
+    """Vocab rows (as a table to write) for the run-local ids given out since the last batch
+    (see ``LocalIds``)."""
     if not ctx.local.new:
-        return
+        return {}
     import pyarrow as pa
     ids, texts = zip(*ctx.local.new)
-    tbl = pa.table({"run_id": pa.array([run_id] * len(ids), pa.int32()), "token_id": pa.array(ids, pa.int32()),
-                    "text": pa.array(texts, pa.string())})
-    con.register("_local_vocab", tbl)
-    con.execute("INSERT INTO vocab (run_id, token_id, text) SELECT run_id, token_id, text FROM _local_vocab")
-    con.unregister("_local_vocab")
     ctx.local.new.clear()
+    return {"vocab": pa.table({"run_id": pa.array([run_id] * len(ids), pa.int32()),
+                               "token_id": pa.array(ids, pa.int32()), "text": pa.array(texts, pa.string())})}
 
 
 def _swap(store: Store, staging: Store, run: dict, digest: str) -> int:
