@@ -35,7 +35,7 @@ from .jsonstream import first_char, is_json_lines, iter_values
 #: files larger than this are refused (bytes); THINKSCOPE_MAX_UPLOAD_MB overrides it
 MAX_BYTES = int(float(os.environ.get("THINKSCOPE_MAX_UPLOAD_MB", 2048)) * (1 << 20))
 #: traces are written to the staging store in batches of about this many tokens
-BATCH_TOKENS = 100_000
+BATCH_TOKENS = 50_000
 BATCH_TRACES = 1000
 #: DuckDB's memory cap while staging a file
 STAGING_MEMORY = "128MB"
