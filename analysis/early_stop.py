@@ -382,8 +382,8 @@ def load_run_tokens(store, run_id: int, estimator: str = "full") -> RunTokens:
     """Per-token entropies, correctness and answer positions of a stored run (one query each)."""
     col = store.entropy_column(estimator)
     tr = store.query("SELECT trace_id, n_tokens, correct, coalesce(c.completion, '') AS completion, "
-                     "pred_answer, gold_answer FROM traces LEFT JOIN completions c USING (trace_id) "
-                     "WHERE run_id = ? ORDER BY trace_id", [int(run_id)])
+                     "pred_answer, gold_answer FROM traces LEFT JOIN completions($1) c USING (trace_id) "
+                     "WHERE run_id = $1 ORDER BY trace_id", [int(run_id)])
     if tr.empty:
         raise EarlyStopError(f"run {run_id} has no traces")
     tok = store.query(f"""

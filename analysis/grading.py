@@ -272,7 +272,7 @@ def regrade_run(store, run_id: int, rule: GradingRule = GradingRule()) -> dict:
     """Re-grade every trace of a stored run with ``rule`` and write the grades back in one
     transaction. Returns counts: n, correct, wrong, ungraded."""
     df = store.query("SELECT trace_id, coalesce(c.completion, '') AS completion, gold_answer "
-                     "FROM traces LEFT JOIN completions c USING (trace_id) WHERE run_id = ?", [int(run_id)])
+                     "FROM traces LEFT JOIN completions($1) c USING (trace_id) WHERE run_id = $1", [int(run_id)])
     if df.empty:
         raise GradingError(f"run {run_id} has no traces to grade")
     grades = grade_frame(df, rule)

@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS traces (
     run_id INTEGER NOT NULL,
     idx INTEGER NOT NULL,             -- order within the run
     source_id VARCHAR,
-    prompt VARCHAR,                   -- the completion's text is its tokens joined (view completions)
+    prompt VARCHAR,                   -- the completion's text is its tokens joined (macro completions(run_id))
     n_tokens INTEGER NOT NULL,
     boundary INTEGER NOT NULL,        -- first answer token; = n_tokens when there is no answer part
     estimator VARCHAR NOT NULL,       -- best estimator the numbers allow
@@ -122,8 +122,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     topk_ids INTEGER[],
     topk_logprobs FLOAT[]
 );
-CREATE OR REPLACE VIEW completions AS  -- each trace's completion text, from its tokens
-    SELECT trace_id, string_agg(token, '' ORDER BY pos) AS completion FROM tokens GROUP BY trace_id;
+CREATE OR REPLACE MACRO completions(rid) AS TABLE  -- a run's completion texts, from its tokens
+    SELECT trace_id, string_agg(token, '' ORDER BY pos) AS completion FROM tokens
+    WHERE trace_id IN (SELECT trace_id FROM traces WHERE run_id = rid) GROUP BY trace_id;
 CREATE TABLE IF NOT EXISTS vocab (run_id INTEGER NOT NULL, token_id INTEGER NOT NULL, text VARCHAR);
 CREATE TABLE IF NOT EXISTS token_layers (
     trace_id BIGINT NOT NULL,
@@ -319,7 +320,7 @@ class Store:
 
     def _migrate_from_1(self, con: duckdb.DuckDBPyConnection) -> None:
         """Version 1 stored each completion's text in traces as well as in its tokens; the
-        text is now derived from the tokens (the `completions` view), so that appending traces
+        text is now derived from the tokens (the `completions(run_id)` macro), so that appending traces
         never rewrites kilobytes of text per trace at the next checkpoint."""
         con.execute("BEGIN")
         con.execute("ALTER TABLE traces DROP COLUMN completion")
@@ -474,7 +475,7 @@ class Store:
         of 1,000 tokens it is most of the query's time, and a page that shows one trace reads
         its tokens.
         """
-        text = ("LEFT JOIN completions c ON c.trace_id = t.trace_id" if with_completion else "")
+        text = ("LEFT JOIN completions($1) c ON c.trace_id = t.trace_id" if with_completion else "")
         cols = "t.*, coalesce(c.completion, '') AS completion" if with_completion else "t.*"
         # Aggregate the stats before the join, so that no GROUP BY hashes the trace text.
         return self.query(f"""

@@ -209,7 +209,7 @@ def test_record_run_with_early_stop(tiny_lm, store):
                for a in range(4)]
     res, summary = es.record_run_early_stop(store, tiny_lm, prompts, settings, "es", cfg, on_traces=grade_traces)
     assert summary["stopped_early"] == 4 and summary["budget_saved"] == 4 * (12 - 3)
-    tr = store.query("SELECT trace_id, completion, metadata FROM traces JOIN completions USING (trace_id) WHERE run_id = ? ORDER BY trace_id",
+    tr = store.query("SELECT trace_id, completion, metadata FROM traces JOIN completions($1) USING (trace_id) WHERE run_id = $1 ORDER BY trace_id",
                      [res.run_id])
     assert (tr["completion"].str.contains("Final answer:")).all()
     meta = [__import__("json").loads(m) for m in tr["metadata"]]
