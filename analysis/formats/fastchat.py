@@ -128,8 +128,9 @@ def _block(batch: pa.RecordBatch, ctx: Context, lines: list[int]) -> list[Trace]
     except Fallback:
         ctx.local.rollback(mark)  # ids given to this block's alternatives were never stored
         raise
-    except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError) as e:
-        # a shape of data this reader did not foresee: the record-by-record reader decides
+    except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError, SystemError) as e:
+        # a shape of data this reader did not foresee (or pyarrow failing on it, as its
+        # to_pylist does on some odd strings): the record-by-record reader decides
         ctx.local.rollback(mark)
         raise Fallback(f"{type(e).__name__}: {e}") from e
 
