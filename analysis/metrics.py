@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where logits are handled, not by readers of trace files
+    import torch
 
 LN2 = math.log(2.0)
 
@@ -79,6 +81,8 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     Safe with -inf logits (masked vocabulary entries contribute 0, not NaN) and with
     float16/bfloat16 input (computed in float32). Shape [..., V] -> [...].
     """
+    import torch
+
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     z = logits.float()
@@ -93,6 +97,8 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 
 def token_entropy(logits, temperature: float = 1.0) -> Quantity:
     """Full-vocabulary token entropy (estimator ``full``) from logits [T, V]."""
+    import torch
+
     t = torch.as_tensor(logits)
     h = entropy_from_logits(t, temperature).cpu().numpy().astype(np.float64)
     return Quantity("token entropy", h, "nats", "full", {"temperature": temperature})

@@ -476,6 +476,35 @@ def test_fast_path_hands_over_mid_file(store, tmp_path):
     assert fast[-1].metadata["problem_id"] == "7" and fast[-1].metadata["level"] == 2.0
 
 
+@pytest.mark.parametrize("change", ["no choices", "choices null", "top_logprobs an object", "logprob a string",
+                                    "token a number"])
+def test_fast_path_reports_the_same_problems(tmp_path, change):
+    """A record the columnar reader cannot read as it is (after good ones in the same block) gives
+    the same traces and the same problems as the record-by-record reader."""
+    rec = json.loads((FIX / "openai_chat.jsonl").read_text().splitlines()[0])
+    bad = json.loads(json.dumps({**rec, "id": "bad"}))
+    entry = bad["choices"][0]["logprobs"]["content"][0]
+    if change == "no choices":
+        del bad["choices"]
+    elif change == "choices null":
+        bad["choices"] = None
+    elif change == "top_logprobs an object":
+        entry["top_logprobs"] = entry["top_logprobs"][0]
+    elif change == "logprob a string":
+        entry["logprob"] = "abc"
+    else:
+        entry["token"] = 7
+    p = tmp_path / "one_bad.jsonl"
+    p.write_text(json.dumps(rec) + "\n" + json.dumps(bad) + "\n")
+    fast_ctx, fast = _read(p, True)
+    slow_ctx, slow = _read(p, False)
+    assert fast_ctx.problems.items == slow_ctx.problems.items and len(slow_ctx.problems.items) == 1
+    assert "line 2" in slow_ctx.problems.items[0]
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        _same_trace(a, b)
+
+
 def test_fast_path_problems_have_exact_lines(store, tmp_path):
     line = (FIX / "openai_chat.jsonl").read_text().splitlines()[0]
     p = tmp_path / "gaps.jsonl"

@@ -16,6 +16,7 @@ not yet read, and reports problems with exact line numbers.
 from __future__ import annotations
 
 import io
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,6 +32,23 @@ from .base import Context, Tokens
 
 BLOCK_BYTES = 4 << 20         # lines read and handled at once
 PARSE_BLOCK_BYTES = 1 << 20   # pyarrow's unit of parallel parsing
+PARSERS = 2                   # blocks parsed at once
+AHEAD = 3                     # blocks read and parsing while one becomes traces
+
+
+def _token_schema() -> pa.Schema:
+    """The types of the per-token fields, given to pyarrow so that it does not infer them for
+    every block (the rest of a record is still inferred). A value of another type (a number
+    for a token, text for a logprob, an object for a list) makes pyarrow fail on the block,
+    which then goes to the record reader, which reports it."""
+    alt = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
+    entry = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64())),
+                       ("top_logprobs", pa.list_(alt))])
+    choice = pa.struct([("logprobs", pa.struct([("content", pa.list_(entry))]))])
+    return pa.schema([("choices", pa.list_(choice))])
+
+
+PARSE_OPTIONS = pj.ParseOptions(explicit_schema=_token_schema(), unexpected_field_behavior="infer")
 
 
 class Fallback(Exception):
@@ -41,58 +59,67 @@ def batches(path: Path, ctx: Context, progress: Callable[[int], None] | None = N
             ) -> Iterator[tuple[int, list[Trace]]]:
     """(records read so far, traces of one block of lines); raises Fallback (see above).
 
-    Blocks of about ``BLOCK_BYTES`` of whole lines are parsed one at a time (pyarrow's own
-    streaming reader was measured to grow with the file's size); each block infers its own
-    schema, so a field that appears late in a file is no reason to leave the fast path. The
-    next block is read and parsed in a second thread while this one becomes traces (pyarrow
-    parses without the GIL), so parsing overlaps the Python side instead of adding to it.
+    Blocks of about ``BLOCK_BYTES`` of whole lines are parsed separately (pyarrow's own
+    streaming reader was measured to grow with the file's size); each block infers the types
+    of its other fields, so a field that appears late in a file is no reason to leave the fast
+    path. Up to ``AHEAD`` blocks are read and parsed by ``PARSERS`` threads while the current
+    one becomes traces (pyarrow parses without the GIL), so both cores keep parsing whenever
+    the Python side does not need one.
     """
     records = 0
-    with open(path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="thinkscope-parse") as pool:
-        state = {"line_no": 0, "done": 0}
-        ahead = pool.submit(_next_block, f, state)
-        while True:
-            block = ahead.result()
-            if block is None:
-                return
-            ahead = pool.submit(_next_block, f, state)  # the next block, while this one is handled
-            table, numbers, done = block
-            if isinstance(table, Exception):
-                raise Fallback(str(table)) from table
-            if table.num_rows != len(numbers):
-                raise Fallback("rows and lines disagree")
-            batch = table.combine_chunks().to_batches()[0]
-            traces = _block(batch, ctx, numbers)
-            records += len(numbers)
-            if progress:
-                progress(done)
-            yield records, traces
+    with open(path, "rb") as f, ThreadPoolExecutor(PARSERS, thread_name_prefix="thinkscope-parse") as pool:
+        blocks = _blocks(f)
+        ahead: deque = deque()
+        try:
+            while True:
+                while len(ahead) < AHEAD and (nxt := next(blocks, None)) is not None:
+                    lines, numbers, done = nxt
+                    ahead.append((pool.submit(_parse, lines, numbers), numbers, done))
+                if not ahead:
+                    return
+                future, numbers, done = ahead.popleft()
+                table = future.result()
+                if isinstance(table, Exception):
+                    raise Fallback(str(table)) from table
+                if table.num_rows != len(numbers):
+                    raise Fallback("rows and lines disagree")
+                batch = table.combine_chunks().to_batches()[0]
+                traces = _block(batch, ctx, numbers)
+                records += len(numbers)
+                if progress:
+                    progress(done)
+                yield records, traces
+        finally:
+            for future, _, _ in ahead:
+                future.cancel()
 
 
-def _next_block(f, state: dict) -> tuple | None:
-    """The next block of lines parsed by pyarrow: (table or the parse error, line numbers of
-    its records, bytes read so far); None at the end of the file. Blank-only blocks are skipped."""
-    while True:
-        lines = f.readlines(BLOCK_BYTES)
-        if not lines:
-            return None
-        first = state["line_no"] + 1
-        state["line_no"] += len(lines)
-        state["done"] += sum(map(len, lines))
+def _blocks(f) -> Iterator[tuple[list[bytes], list[int], int]]:
+    """Blocks of whole lines: (lines, line numbers of the non-blank ones, bytes read so far).
+    Blank-only blocks are skipped."""
+    line_no = done = 0
+    while lines := f.readlines(BLOCK_BYTES):
+        first = line_no + 1
+        line_no += len(lines)
+        done += sum(map(len, lines))
         numbers = [first + i for i, x in enumerate(lines) if x.strip()]
-        if numbers:
-            break
-    if first == 1:
-        lines[0] = lines[0].lstrip(b"\xef\xbb\xbf")
+        if not numbers:
+            continue
+        if first == 1:
+            lines[0] = lines[0].lstrip(b"\xef\xbb\xbf")
+        yield lines, numbers, done
+
+
+def _parse(lines: list[bytes], numbers: list[int]) -> pa.Table | Exception:
+    """One block parsed by pyarrow, or the error it gave."""
     try:
-        # several blocks per chunk so that pyarrow parses them on all cores; a block
-        # must hold the longest line
+        # several parse blocks per block, so that pyarrow parses a lone block on all cores;
+        # a parse block must hold the longest line
         block = max(max(map(len, lines)) + 1, PARSE_BLOCK_BYTES)
-        table = pj.read_json(io.BytesIO(b"".join(lines)),
-                             read_options=pj.ReadOptions(block_size=block, use_threads=True))
+        return pj.read_json(io.BytesIO(b"".join(lines)), parse_options=PARSE_OPTIONS,
+                            read_options=pj.ReadOptions(block_size=block, use_threads=True))
     except (pa.ArrowException, ValueError, OSError) as e:
-        return e, numbers, state["done"]
-    return table, numbers, state["done"]
+        return e
 
 
 def _has_timestamp(t: pa.DataType) -> bool:
@@ -142,6 +169,8 @@ def _read_block(batch: pa.RecordBatch, ctx: Context, lines: list[int]) -> list[T
     choices = batch.column("choices")
     if not pa.types.is_list(choices.type) or not pa.types.is_struct(choices.type.value_type):
         raise Fallback("choices is not a list of objects")
+    if choices.null_count:
+        raise Fallback("a record without choices")
     if "object" in batch.schema.names and pc.any(pc.equal(batch.column("object"), "chat.completion.chunk")).as_py():
         raise Fallback("streamed chunks")
     n_choices = _lengths(choices)
@@ -241,8 +270,17 @@ def _bytes_disagree(ent: pa.Array, tok: pa.Array) -> bool:
         return False
     if vals.null_count or pc.min(vals).as_py() < 0 or pc.max(vals).as_py() > 255:
         raise Fallback("byte values outside 0..255")
-    joined = "".join(t for t, h in zip(tok.to_pylist(), hv) if h).encode("utf-8", "surrogatepass")
-    return vals.to_numpy(zero_copy_only=False).astype(np.uint8).tobytes() != joined
+    return vals.to_numpy(zero_copy_only=False).astype(np.uint8).tobytes() != _utf8(tok if hv.all() else tok.filter(has))
+
+
+def _utf8(strings: pa.Array) -> bytes:
+    """The UTF-8 bytes of a string array's values, concatenated (its data buffer, no Python strings)."""
+    if not len(strings):
+        return b""
+    _, off, data = strings.buffers()
+    offsets = np.frombuffer(off, dtype=np.int32)[strings.offset:strings.offset + len(strings) + 1]
+    a, b = int(offsets[0]), int(offsets[-1])
+    return data.slice(a, b - a).to_pybytes() if data is not None and b > a else b""
 
 
 def _tokens(a: int, b: int, tok_py: list, lpv: np.ndarray, alt: tuple | None, bytes_col: pa.Array | None) -> Tokens:
