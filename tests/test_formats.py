@@ -412,7 +412,7 @@ def test_ingest_cli(tmp_path, capsys):
     assert "run 2 'mine (ollama_generate)'" in out
     assert main(["--store", db, "ingest", str(FIX / "openai_chat.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("thinkscope: error: openai_chat.jsonl: the very same file")
+    assert err.splitlines()[-1].startswith("thinkscope: error: openai_chat.jsonl: the very same file")
     assert main(["--store", db, "ingest", str(FIX / "token_table.csv"), "--format", "openai_chat"]) == 2
 
 

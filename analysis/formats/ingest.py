@@ -15,8 +15,10 @@ import hashlib
 import itertools
 import json
 import os
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,15 +71,52 @@ class IngestResult:
 # --------------------------------------------------------------------------- reading
 
 
-def file_hash(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, read in chunks."""
+def file_hash(path: Path, chunk: int = 1 << 20, stop: threading.Event | None = None) -> str | None:
+    """sha256 of a file's bytes, read in chunks; None when ``stop`` is set before the end."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
+            if stop is not None and stop.is_set():
+                return None
             b = f.read(chunk)
             if not b:
                 return h.hexdigest()
             h.update(b)
+
+
+class _Duplicates:
+    """The duplicate check by content hash. The hash is computed in a thread while the file is
+    read (hashlib and file reads release the GIL), so it costs no time of its own; a file that
+    was imported before is refused as soon as its hash is known (``check()`` while reading),
+    at the latest before anything is copied into the store."""
+
+    def __init__(self, store: Store, path: Path, name: str, allow: bool):
+        self.store, self.name, self.allow = store, name, allow
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="thinkscope-hash")
+        self._digest = self._pool.submit(file_hash, path, stop=self._stop)
+        self._checked = False
+
+    def check(self, wait: bool = False) -> str | None:
+        """Raise DuplicateFileError for a file already in the store; return the hash once it
+        is known (``wait``: block until it is)."""
+        if not wait and not self._digest.done():
+            return None
+        digest = self._digest.result()
+        if not self._checked:
+            self._checked = True
+            dup = self.store.find_run_by_hash(digest) if not self.allow else None
+            if dup is not None and not dup.empty:
+                r = dup.iloc[0]
+                raise DuplicateFileError(
+                    f"{self.name}: the very same file (sha256 {digest[:12]}…) was already imported as run "
+                    f"#{int(r.run_id)} '{r['name']}' on {str(r.created_at)[:16]}; nothing was imported",
+                    int(r.run_id))
+        return digest
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True)
 
 
 def resolve_format(path: Path, name: str, format: str | None) -> Detection:
@@ -269,16 +308,20 @@ def ingest_file(store: Store, path: str | Path, format: str | None = None, run_n
         raise TraceError(f"{name}: the file is {size / (1 << 20):,.1f} MB, over the limit of "
                          f"{limit / (1 << 20):,.0f} MB (set THINKSCOPE_MAX_UPLOAD_MB to raise it)")
     d = resolve_format(path, name, format)
-    digest = file_hash(path)
-    if not allow_duplicate:
-        dup = store.find_run_by_hash(digest)
-        if not dup.empty:
-            r = dup.iloc[0]
-            raise DuplicateFileError(
-                f"{name}: the very same file (sha256 {digest[:12]}…) was already imported as run "
-                f"#{int(r.run_id)} '{r['name']}' on {str(r.created_at)[:16]}; nothing was imported",
-                int(r.run_id))
+    dups = _Duplicates(store, path, name, allow_duplicate)
+    try:
+        return _ingest(store, path, name, d, dups, size, run_name, progress, lm, model, field_map, marker,
+                       requests, on_batch, t0)
+    finally:
+        dups.close()
+
+
+def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates, size: int,
+            run_name: str | None, progress: ProgressFn | None, lm: Any, model: str | None,
+            field_map: dict[str, str] | None, marker: str, requests: dict[str, dict] | None,
+            on_batch: Callable[[int], None] | None, t0: float) -> IngestResult:
     if d.format == plaintext.NAME and lm is None:
+        dups.check(wait=True)  # before loading a model to score the file with
         from ..models import load_model
         lm = load_model(model)
     pr = Problems(name)
@@ -290,7 +333,9 @@ def ingest_file(store: Store, path: str | Path, format: str | None = None, run_n
     staging = Store(store.path.parent / f".{store.path.name}{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}",
                     lock_timeout=5)
     try:
-        n_traces, n_tokens, first_model = _stage(staging, path, name, d, ctx, size, progress, on_batch)
+        n_traces, n_tokens, first_model = _stage(staging, path, name, d, ctx, size, progress, on_batch,
+                                                 dups.check)
+        digest = dups.check(wait=True)
         if pr.total and ctx.fast_used:
             _diagnose(path, name, d, ctx)
         pr.raise_if_any()
@@ -321,7 +366,7 @@ def ingest_file(store: Store, path: str | Path, format: str | None = None, run_n
 
 
 def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, size: int,
-           progress: ProgressFn | None, on_batch) -> tuple[int, int, str | None]:
+           progress: ProgressFn | None, on_batch, check: Callable[[], Any]) -> tuple[int, int, str | None]:
     pr = ctx.problems
     counts = {"traces": 0, "tokens": 0, "written": 0}
     first_model = None
@@ -334,6 +379,7 @@ def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, si
         pending: list[Trace] = []
         pending_tokens = 0
         for t in unique_ids(read_traces(path, ctx, d.format, report, name), pr):
+            check()  # a file imported before is refused as soon as its hash is known
             if first_model is None and isinstance(t.metadata.get("model"), str):
                 first_model = t.metadata["model"]
             counts["traces"] += 1
@@ -356,20 +402,25 @@ def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, si
         if on_batch:
             on_batch(counts["written"])
 
-    # an engine of its own with a memory cap: the staging file only grows, and DuckDB would
-    # otherwise keep its pages cached up to most of the machine's memory (measured: peak memory
-    # grew with the file's size until this cap); the file stays attached for the whole import
-    eng = duckdb.connect(":memory:", config={"memory_limit": STAGING_MEMORY, "threads": 2})
-    with contextlib.closing(eng):
-        eng.execute(f"ATTACH '{_sql_str(staging.path)}' AS staging (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
-        eng.execute("USE staging")
-        staging._ensure_schema(eng)
-        eng.execute("INSERT INTO runs (run_id, name, source, created_at, status) VALUES (1, 'staging', "
-                    "'staging', now(), 'running')")
-        staging.add_batches(1, batches(), ctx.vocab, con=eng,  # ctx.vocab fills up while reading
-                            extra=lambda: _local_vocab(1, ctx), on_batch=written)
-        eng.execute("USE memory")
-        eng.execute("DETACH staging")
+    stream = batches()
+    # the first batch is read before the staging file is set up: the readers' threads go on
+    # parsing the next blocks meanwhile, instead of waiting for the setup
+    first = next(stream, None)
+    if first is not None:
+        # an engine of its own with a memory cap: the staging file only grows, and DuckDB would
+        # otherwise keep its pages cached up to most of the machine's memory (measured: peak
+        # memory grew with the file's size until this cap); the file stays attached throughout
+        eng = duckdb.connect(":memory:", config={"memory_limit": STAGING_MEMORY, "threads": 2})
+        with contextlib.closing(eng):
+            eng.execute(f"ATTACH '{_sql_str(staging.path)}' AS staging (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+            eng.execute("USE staging")
+            staging._ensure_schema(eng)
+            eng.execute("INSERT INTO runs (run_id, name, source, created_at, status) VALUES (1, 'staging', "
+                        "'staging', now(), 'running')")
+            staging.add_batches(1, itertools.chain([first], stream), ctx.vocab, con=eng,  # ctx.vocab fills
+                                extra=lambda: _local_vocab(1, ctx), on_batch=written)   # up while reading
+            eng.execute("USE memory")
+            eng.execute("DETACH staging")
     if progress:
         progress(size, size)
     return counts["traces"], counts["tokens"], first_model
