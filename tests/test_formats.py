@@ -453,14 +453,16 @@ def test_fast_path_reads_exactly_like_the_slow_path(name):
 
 
 def test_fast_path_hands_over_mid_file(store, tmp_path):
-    """Records the columnar reader cannot take (here: a field that changes type after some blocks) are
-    read by the slow reader from there on; the result is the same as the slow reader's."""
+    """Records the columnar reader cannot take (here: per-token ids, llama.cpp's, which it leaves to the
+    record reader) are read by the slow reader from there on; the result is the same as the slow reader's."""
     from analysis.formats import fastchat
     line = (FIX / "openai_chat.jsonl").read_text().splitlines()[0]
     rec = json.loads(line)
     lines = [json.dumps({**rec, "id": f"r{i}"}) for i in range(40)]
     p = tmp_path / "mixed.jsonl"
-    bad_type = {**rec, "id": "r-last", "metadata": {"problem_id": 7, "level": "hard 2"}}
+    bad_type = json.loads(json.dumps({**rec, "id": "r-last", "metadata": {"problem_id": 7, "level": "hard 2"}}))
+    for i, entry in enumerate(bad_type["choices"][0]["logprobs"]["content"]):
+        entry["id"] = 100 + i
     p.write_text("\n".join(lines) + "\n" + json.dumps(bad_type) + "\n")
     old = fastchat.BLOCK_BYTES
     fastchat.BLOCK_BYTES = 4096  # many blocks, so that the hand-over happens after some of them
@@ -477,8 +479,8 @@ def test_fast_path_hands_over_mid_file(store, tmp_path):
 
 
 @pytest.mark.parametrize("change", ["no choices", "choices null", "top_logprobs an object", "logprob a string",
-                                    "token a number"])
-def test_fast_path_reports_the_same_problems(tmp_path, change):
+                                    "token a number", "record null"])
+def test_fast_path_reports_the_same_problems(tmp_path, monkeypatch, change):
     """A record the columnar reader cannot read as it is (after good ones in the same block) gives
     the same traces and the same problems as the record-by-record reader."""
     rec = json.loads((FIX / "openai_chat.jsonl").read_text().splitlines()[0])
@@ -492,6 +494,10 @@ def test_fast_path_reports_the_same_problems(tmp_path, change):
         entry["top_logprobs"] = entry["top_logprobs"][0]
     elif change == "logprob a string":
         entry["logprob"] = "abc"
+    elif change == "record null":
+        from analysis.formats import fastchat
+        bad = None  # at the start of a block: pyarrow's reader crashed on such a line
+        monkeypatch.setattr(fastchat, "BLOCK_BYTES", len(json.dumps(rec)) + 1)
     else:
         entry["token"] = 7
     p = tmp_path / "one_bad.jsonl"
