@@ -1,11 +1,13 @@
 """Importing trace files as runs: whole file or nothing, duplicates refused by content hash.
 
-Atomicity by staging and swapping: a file's traces are written to a private staging store
-next to the real one, then copied into the real store in one transaction (runs, traces,
-stats, tokens and vocab together). The real store is locked only for that copy, so the
-dashboard keeps reading during a long import, and a process killed at any moment leaves the
-real store exactly as it was (an uncommitted DuckDB transaction is discarded on reopen);
-a staging file left behind by a killed process is removed by the next import.
+Atomicity by staging and swapping: a file's rows are built batch by batch (the same Arrow
+tables the store writes) into Arrow files in a private staging folder next to the store, then
+inserted into the store in one transaction (runs, traces, stats, tokens and vocab together).
+The store is locked only for that transaction, so the dashboard keeps reading during a long
+import, and a process killed at any moment leaves the store exactly as it was (an uncommitted
+DuckDB transaction is discarded on reopen); a staging folder left behind by a killed process
+is removed by the next import. Arrow files cost almost nothing to write and to read back, so
+the rows are compressed once, by the store, and not twice (a staging store, then the store).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -24,10 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import duckdb
 import numpy as np
+import pyarrow as pa
 
-from ..store import ROW_GROUP_SIZE, Store
+from ..store import Store, _insert_tables, _NextIds
 from ..trace import Trace, TraceError
 from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
@@ -36,10 +39,10 @@ from .jsonstream import first_char, is_json_lines, iter_values
 
 #: files larger than this are refused (bytes); THINKSCOPE_MAX_UPLOAD_MB overrides it
 MAX_BYTES = int(float(os.environ.get("THINKSCOPE_MAX_UPLOAD_MB", 2048)) * (1 << 20))
-#: traces are written to the staging store in batches of about this many tokens
+#: traces are staged in batches of about this many tokens
 BATCH_TOKENS = 50_000
 BATCH_TRACES = 1000
-#: DuckDB's memory cap while staging a file
+#: DuckDB's memory cap while a staged file is copied into the store
 STAGING_MEMORY = "128MB"
 STAGING_PREFIX = ".staging-"
 
@@ -260,7 +263,7 @@ def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: 
 
 
 def _sweep_stale_staging(store: Store) -> None:
-    """Remove staging files of processes that no longer run (killed mid-import)."""
+    """Remove staging folders of processes that no longer run (killed mid-import)."""
     pattern = f".{store.path.name}{STAGING_PREFIX}*"
     for p in store.path.parent.glob(pattern):
         try:
@@ -268,9 +271,15 @@ def _sweep_stale_staging(store: Store) -> None:
         except ValueError:
             continue
         if pid != os.getpid() and not _alive(pid):
-            for q in (p, Path(str(p) + ".wal")):
-                with contextlib.suppress(FileNotFoundError):
-                    q.unlink()
+            _remove(p)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -330,8 +339,7 @@ def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates
 
     store.path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_staging(store)
-    staging = Store(store.path.parent / f".{store.path.name}{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                    lock_timeout=5)
+    staging = store.path.parent / f".{store.path.name}{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         n_traces, n_tokens, first_model = _stage(staging, path, name, d, ctx, size, progress, on_batch,
                                                  dups.check)
@@ -356,17 +364,16 @@ def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates
                        source=f"upload:{d.format}",
                        model=model or first_model or (lm.name if d.format == plaintext.NAME else None),
                        settings=settings)
-        run_id = _swap(store, staging, run, digest)
+        run_id = _swap(store, staging, run, digest, n_traces, n_tokens)
     finally:
-        for q in (staging.path, Path(str(staging.path) + ".wal")):
-            with contextlib.suppress(FileNotFoundError):
-                q.unlink()
+        _remove(staging)
     return IngestResult(run_id, run["name"], d.format, n_traces, n_tokens, digest,
                         time.perf_counter() - t0, list(pr.warnings))
 
 
-def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, size: int,
+def _stage(staging: Path, path: Path, name: str, d: Detection, ctx: Context, size: int,
            progress: ProgressFn | None, on_batch, check: Callable[[], Any]) -> tuple[int, int, str | None]:
+    """Read the file and stage its rows in ``staging``; return (traces, tokens, first model name)."""
     pr = ctx.problems
     counts = {"traces": 0, "tokens": 0, "written": 0}
     first_model = None
@@ -397,30 +404,19 @@ def _stage(staging: Store, path: Path, name: str, d: Detection, ctx: Context, si
         if pending and not pr.total:
             yield pending
 
-    def written(ids: list[int]) -> None:
-        counts["written"] += len(ids)
+    staging.mkdir()
+    # trace ids from 1 in a run of its own (1); _swap moves them past the store's
+    ids = _NextIds(1, 0, {}, np.empty(0, np.int64) if ctx.vocab is not None else None)
+    for n, traces in enumerate(batches()):
+        batch = ids.build(traces, 1, ctx.vocab)  # ctx.vocab fills up while reading
+        tables = [*batch.tables.items(), *_local_vocab(1, ctx).items()]
+        for i, (table, tbl) in enumerate(tables):
+            with pa.OSFile(str(staging / f"{n:06d}-{i}-{table}.arrow"), "wb") as sink, \
+                    pa.ipc.new_stream(sink, tbl.schema) as w:
+                w.write_table(tbl)
+        counts["written"] += len(batch.trace_ids)
         if on_batch:
             on_batch(counts["written"])
-
-    stream = batches()
-    # the first batch is read before the staging file is set up: the readers' threads go on
-    # parsing the next blocks meanwhile, instead of waiting for the setup
-    first = next(stream, None)
-    if first is not None:
-        # an engine of its own with a memory cap: the staging file only grows, and DuckDB would
-        # otherwise keep its pages cached up to most of the machine's memory (measured: peak
-        # memory grew with the file's size until this cap); the file stays attached throughout
-        eng = duckdb.connect(":memory:", config={"memory_limit": STAGING_MEMORY, "threads": 2})
-        with contextlib.closing(eng):
-            eng.execute(f"ATTACH '{_sql_str(staging.path)}' AS staging (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
-            eng.execute("USE staging")
-            staging._ensure_schema(eng)
-            eng.execute("INSERT INTO runs (run_id, name, source, created_at, status) VALUES (1, 'staging', "
-                        "'staging', now(), 'running')")
-            staging.add_batches(1, itertools.chain([first], stream), ctx.vocab, con=eng,  # ctx.vocab fills
-                                extra=lambda: _local_vocab(1, ctx), on_batch=written)   # up while reading
-            eng.execute("USE memory")
-            eng.execute("DETACH staging")
     if progress:
         progress(size, size)
     return counts["traces"], counts["tokens"], first_model
@@ -462,12 +458,12 @@ def _local_vocab(run_id: int, ctx: Context) -> dict:
                                "token_id": pa.array(ids, pa.int32()), "text": pa.array(texts, pa.string())})}
 
 
-def _swap(store: Store, staging: Store, run: dict, digest: str) -> int:
-    """Copy the staged run into the real store in one transaction; return its run id there."""
+def _swap(store: Store, staging: Path, run: dict, digest: str, n_traces: int, n_tokens: int) -> int:
+    """Insert the staged rows into the store in one transaction; return the new run's id."""
+    files = sorted(staging.glob("*.arrow"))
     with store.connect() as con:
-        con.execute(f"ATTACH '{_sql_str(staging.path)}' AS stg (READ_ONLY)")
-        # the copy is one transaction of the whole file's rows: cap DuckDB's memory for it, as
-        # for the staging (the store's engine is shared by the process, so restore it after)
+        # one transaction of the whole file's rows: cap DuckDB's memory for it (the store's
+        # engine is shared by the process, so restore the setting after)
         limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
         con.execute(f"SET memory_limit = '{STAGING_MEMORY}'")
         try:
@@ -476,30 +472,22 @@ def _swap(store: Store, staging: Store, run: dict, digest: str) -> int:
             off = con.execute("SELECT coalesce(max(trace_id), 0) FROM traces").fetchone()[0]
             con.execute(
                 "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
-                "n_traces, n_tokens) SELECT ?, ?, ?, ?, ?, ?, 'complete', ?, "
-                "(SELECT count(*) FROM stg.traces), (SELECT coalesce(sum(n_tokens), 0) FROM stg.traces)",
+                "n_traces, n_tokens) VALUES (?, ?, ?, ?, ?, ?, 'complete', ?, ?, ?)",
                 [new_run, run["name"], run["source"], run["model"], json.dumps(run["settings"], default=str),
-                 datetime.now(timezone.utc).replace(tzinfo=None), digest])
-            con.execute(f"INSERT INTO traces BY NAME SELECT * REPLACE (trace_id + {int(off)} AS trace_id, "
-                        f"{int(new_run)} AS run_id) FROM stg.traces")
-            for table in ("trace_stats", "tokens", "token_layers"):
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * REPLACE (trace_id + {int(off)} AS trace_id) "
-                            f"FROM stg.{table}")
-            con.execute(f"INSERT INTO vocab BY NAME SELECT * REPLACE ({int(new_run)} AS run_id) FROM stg.vocab")
+                 datetime.now(timezone.utc).replace(tzinfo=None), digest, n_traces, n_tokens])
+            moved = {"trace_id": f"trace_id + {int(off)}", "run_id": str(int(new_run))}
+            for f in files:
+                table = f.stem.split("-", 2)[2]
+                with pa.memory_map(str(f)) as source:
+                    _insert_tables(con, {table: pa.ipc.open_stream(source).read_all()}, replace=moved)
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
                 con.execute("ROLLBACK")
             raise
         finally:
-            with contextlib.suppress(Exception):
-                con.execute("DETACH stg")
             con.execute(f"SET memory_limit = '{limit}'")
     return int(new_run)
-
-
-def _sql_str(p: Path) -> str:
-    return str(p).replace("'", "''")
 
 
 def ingest_files(store: Store, paths: list[str | Path], format: str | None = None, run_name: str | None = None,
