@@ -121,7 +121,7 @@ def _blocks(f) -> Iterator[tuple[memoryview | None, int, list[int], int]]:
             cut = len(chunk)        # the last line, without a newline
         size = BLOCK_BYTES
         numbers, longest, start, objects = [], 0, 0, True
-        bom = len(chunk) - len(chunk.lstrip(b"\xef\xbb\xbf")) if pos == 0 else 0
+        skip = bom = len(chunk) - len(chunk.lstrip(b"\xef\xbb\xbf")) if pos == 0 else 0
         while start < cut:
             end = chunk.find(b"\n", start, cut)
             end = cut if end < 0 else end + 1
@@ -133,9 +133,7 @@ def _blocks(f) -> Iterator[tuple[memoryview | None, int, list[int], int]]:
                 # only objects go to pyarrow: a line "null" crashes its reader when given a schema
                 objects = objects and (first == 123 or chunk[start + bom:end].lstrip().startswith(b"{"))
             start, bom = end, 0
-        view = memoryview(chunk)[:cut]
-        if pos == 0:
-            view = view[len(chunk) - len(chunk.lstrip(b"\xef\xbb\xbf")):]
+        view = memoryview(chunk)[skip:cut]
         pos += cut
         if numbers:
             yield (view if objects else None), longest, numbers, pos
