@@ -7,6 +7,7 @@ import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -137,3 +138,49 @@ def test_corrupted_parquet(fmt, cut, flip, byte):
     if len(data) > 4:  # keep the magic bytes, so that the file is read as Parquet
         data[4 + flip % (len(data) - 4)] = byte
     check(bytes(data), fmt, ".parquet")
+
+
+CHAT_FIXTURES = ["openai_chat.jsonl", "split_bytes.jsonl", "xss_tokens.jsonl", "sglang_chat.jsonl",
+                 "vllm_reasoning.jsonl", "llamacpp_chat.jsonl"]
+
+
+@pytest.mark.parametrize("fixture", CHAT_FIXTURES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_values, pick=st.integers(0, 10**6), pick2=st.integers(0, 10**6), value2=json_values)
+def test_columnar_reader_equals_the_record_reader(fixture, value, pick, pick2, value2):
+    """OpenAI chat JSON Lines with any one or two fields swapped for any JSON value: the columnar
+    reader (fastchat) gives exactly the record reader's traces, run-local ids and problems."""
+    from analysis.formats import openai_chat
+    records = [json.loads(x) for x in (FIX / fixture).read_text().splitlines() if x.strip()]
+    for p, v in ((pick, value), (pick2, value2)):
+        i = p % len(records)
+        spots = list(leaves(records[i]))
+        records[i] = replaced(records[i], spots[p % len(spots)][0], v)
+    data = "\n".join(json.dumps(r, allow_nan=True) for r in records).encode() + b"\n"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "chat.jsonl"
+        path.write_bytes(data)
+        out = []
+        for fast in (True, False):
+            ctx = Context(problems=Problems(path.name))
+            try:
+                traces = list(read_traces(path, ctx, openai_chat.NAME, fast=fast))
+            except TraceError as e:  # not JSON at all: both say so
+                traces = str(e)
+            out.append((ctx, traces))
+    (fctx, fast), (sctx, slow) = out
+    if isinstance(slow, str):
+        assert fast == slow
+        return
+    assert fctx.problems.items == sctx.problems.items
+    assert fctx.problems.warnings == sctx.problems.warnings
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        assert a.tokens == b.tokens and a.prompt == b.prompt and a.boundary == b.boundary
+        assert a.source_id == b.source_id and a.metadata == b.metadata and a.estimator == b.estimator
+        for name in ("logprobs", "token_ids", "topk_ids", "topk_logprobs"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None) == (y is None), name
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+    assert fctx.local.ids == sctx.local.ids

@@ -27,7 +27,7 @@ import pyarrow.json as pj
 
 from ..trace import Trace
 from . import openai_chat
-from .base import Context, Tokens
+from .base import THINKING_FIELDS, Context, Tokens
 
 BLOCK_BYTES = 4 << 20         # lines read and handled at once
 PARSE_BLOCK_BYTES = 1 << 20   # pyarrow's unit of parallel parsing
@@ -44,7 +44,7 @@ def _token_schema() -> pa.Schema:
     alt = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64()))])
     entry = pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("bytes", pa.list_(pa.int64())),
                        ("top_logprobs", pa.list_(alt))])
-    choice = pa.struct([("logprobs", pa.struct([("content", pa.list_(entry))]))])
+    choice = pa.struct([("logprobs", pa.struct([("content", pa.list_(entry))])), ("token_ids", pa.list_(pa.int64()))])
     return pa.schema([("choices", pa.list_(choice))])
 
 
@@ -159,6 +159,35 @@ def _parse(data: memoryview, longest: int) -> pa.Table | Exception:
         return e
 
 
+def _has_list(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return True
+    return pa.types.is_struct(t) and any(_has_list(t.field(i).type) for i in range(t.num_fields))
+
+
+def _sub(t: pa.DataType | None, name: str) -> pa.DataType | None:
+    return t.field(name).type if t is not None and pa.types.is_struct(t) and t.get_field_index(name) >= 0 else None
+
+
+def _garbled_lists_read(schema: pa.Schema, choice: pa.DataType) -> bool:
+    """True when a field the record reader reads holds a list whose type pyarrow inferred.
+
+    pyarrow's JSON reader garbles inferred lists that hold nulls ([null, 2] reads as [2, 0],
+    measured with pyarrow 26), with no trace in the result; declared types read right. Lists
+    no reader looks at (tool calls, annotations, ...) may stay as they are."""
+    top = pa.struct(list(schema))
+    roots = [top, _sub(top, "request"), _sub(top, "body")]
+    if _sub(top, "id") is not None and _has_list(_sub(top, "id")):  # the trace's source id is its text
+        return True
+    if any(_has_list(t) for r in roots for t in (_sub(r, "prompt"), _sub(r, "input"), _sub(r, "messages")) if t):
+        return True
+    for m in (_sub(choice, "message"), _sub(choice, "delta")):
+        if any(_has_list(t) for t in (_sub(m, f) for f in ("content", *THINKING_FIELDS)) if t):
+            return True
+    read = (_sub(choice, "finish_reason"), _sub(_sub(choice, "logprobs"), "refusal"))  # kept as they are
+    return any(t is not None and _has_list(t) for t in read)
+
+
 def _has_timestamp(t: pa.DataType) -> bool:
     if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
         return True
@@ -208,6 +237,8 @@ def _read_block(batch: pa.RecordBatch, ctx: Context, lines: list[int]) -> list[T
         raise Fallback("choices is not a list of objects")
     if choices.null_count:
         raise Fallback("a record without choices")
+    if _garbled_lists_read(batch.schema, choices.type.value_type):
+        raise Fallback("lists that pyarrow may have garbled")
     if "object" in batch.schema.names and pc.any(pc.equal(batch.column("object"), "chat.completion.chunk")).as_py():
         raise Fallback("streamed chunks")
     n_choices = _lengths(choices)
@@ -296,17 +327,17 @@ def _bytes_disagree(ent: pa.Array, tok: pa.Array) -> bool:
         return False
     if not pa.types.is_list(b.type) or not (pa.types.is_integer(b.type.value_type) or pa.types.is_null(b.type.value_type)):
         raise Fallback("bytes of another type")
+    vals = pc.list_flatten(b)
+    if len(vals) and (vals.null_count or pc.min(vals).as_py() < 0 or pc.max(vals).as_py() > 255):
+        raise Fallback("byte values outside 0..255")  # the record reader reports them
     has = b.is_valid()
     blen = _lengths(b)
     tlen = pc.binary_length(tok).to_numpy(zero_copy_only=False)
     hv = has.to_numpy(zero_copy_only=False)
     if (blen[hv] != tlen[hv]).any():
         return True
-    vals = pc.list_flatten(b)
     if len(vals) == 0:
         return False
-    if vals.null_count or pc.min(vals).as_py() < 0 or pc.max(vals).as_py() > 255:
-        raise Fallback("byte values outside 0..255")
     return vals.to_numpy(zero_copy_only=False).astype(np.uint8).tobytes() != _utf8(tok if hv.all() else tok.filter(has))
 
 
