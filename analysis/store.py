@@ -393,8 +393,8 @@ class Store:
         if con is None:
             with self.connect() as own:
                 return self.add_batches(run_id, [traces], vocab, con=own)
-        batch = _NextIds.read(con, run_id, vocab).build(traces, run_id, vocab)
-        _insert_tables(con, batch.tables)
+        batch = NextIds.read(con, run_id, vocab).build(traces, run_id, vocab)
+        insert_tables(con, batch.tables)
         return batch.trace_ids
 
     def add_batches(self, run_id: int, batches: Iterable[list[Trace]], vocab: dict[int, str] | None = None,
@@ -415,14 +415,14 @@ class Store:
         if con is None:
             with self.connect() as own:
                 return self.add_batches(run_id, batches, vocab, con=own, extra=extra, on_batch=on_batch)
-        nxt = _NextIds.read(con, run_id, vocab)
+        nxt = NextIds.read(con, run_id, vocab)
         out: list[int] = []
 
         def write(batch: Batch, more: dict[str, pa.Table]) -> list[int]:
             con.execute("BEGIN")
             try:
-                _insert_tables(con, batch.tables)
-                _insert_tables(con, more)
+                insert_tables(con, batch.tables)
+                insert_tables(con, more)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -706,7 +706,7 @@ class Batch:
     trace_ids: list[int]
 
 
-class _NextIds:
+class NextIds:
     """Where the next batch of a run starts (trace id, index in the run) and which vocab
     rows the run already has, read once and then advanced batch by batch."""
 
@@ -716,7 +716,7 @@ class _NextIds:
         self.known_local, self.known_real = known_local, known_real
 
     @classmethod
-    def read(cls, con, run_id: int, vocab: dict[int, str] | None) -> "_NextIds":
+    def read(cls, con, run_id: int, vocab: dict[int, str] | None) -> "NextIds":
         first_id, first_idx = con.execute(
             "SELECT (SELECT coalesce(max(trace_id), 0) + 1 FROM traces), "
             "(SELECT coalesce(max(idx), -1) + 1 FROM traces WHERE run_id = ?)", [run_id]).fetchone()
@@ -742,7 +742,7 @@ class _NextIds:
         return batch
 
 
-def _insert_tables(con, tables: dict[str, pa.Table], replace: dict[str, str] | None = None) -> None:
+def insert_tables(con, tables: dict[str, pa.Table], replace: dict[str, str] | None = None) -> None:
     """Bulk-insert Arrow tables by column name through DuckDB's replacement scan; ``replace``
     gives SQL expressions for some columns (e.g. ids moved by an offset).
 

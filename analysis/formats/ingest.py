@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from ..store import Store, _insert_tables, _NextIds
+from ..store import Store, insert_tables, NextIds
 from ..trace import Trace, TraceError
 from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
@@ -406,15 +406,14 @@ def _stage(staging: Path, path: Path, name: str, d: Detection, ctx: Context, siz
 
     staging.mkdir()
     # trace ids from 1 in a run of its own (1); _swap moves them past the store's
-    ids = _NextIds(1, 0, {}, np.empty(0, np.int64) if ctx.vocab is not None else None)
+    ids = NextIds(1, 0, {}, np.empty(0, np.int64) if ctx.vocab is not None else None)
     for n, traces in enumerate(batches()):
-        batch = ids.build(traces, 1, ctx.vocab)  # ctx.vocab fills up while reading
-        tables = [*batch.tables.items(), *_local_vocab(1, ctx).items()]
-        for i, (table, tbl) in enumerate(tables):
+        built = ids.build(traces, 1, ctx.vocab)  # ctx.vocab fills up while reading
+        for i, (table, rows) in enumerate([*built.tables.items(), *_local_vocab(1, ctx).items()]):
             with pa.OSFile(str(staging / f"{n:06d}-{i}-{table}.arrow"), "wb") as sink, \
-                    pa.ipc.new_stream(sink, tbl.schema) as w:
-                w.write_table(tbl)
-        counts["written"] += len(batch.trace_ids)
+                    pa.ipc.new_stream(sink, rows.schema) as w:
+                w.write_table(rows)
+        counts["written"] += len(built.trace_ids)
         if on_batch:
             on_batch(counts["written"])
     if progress:
@@ -479,7 +478,7 @@ def _swap(store: Store, staging: Path, run: dict, digest: str, n_traces: int, n_
             for f in files:
                 table = f.stem.split("-", 2)[2]
                 with pa.memory_map(str(f)) as source:
-                    _insert_tables(con, {table: pa.ipc.open_stream(source).read_all()}, replace=moved)
+                    insert_tables(con, {table: pa.ipc.open_stream(source).read_all()}, replace=moved)
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
