@@ -379,50 +379,37 @@ class Store:
             con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
             con.execute("COMMIT")
 
-    def add_traces(self, run_id: int, traces: list[Trace], vocab: dict[int, str] | None = None,
-                   con: duckdb.DuckDBPyConnection | None = None) -> list[int]:
+    def add_traces(self, run_id: int, traces: list[Trace], vocab: dict[int, str] | None = None) -> list[int]:
         """Write a batch of traces to a run in one transaction; return their trace ids.
 
         ``vocab`` maps the token ids used in ``topk_ids`` to their text (local models).
         Alternatives given only as text get run-local ids (>= 2**30) and vocab rows.
-        With ``con`` given, the caller owns the transaction (for whole-file imports).
         """
-        if not traces:
-            return []
-        run_id = int(run_id)
-        if con is None:
-            with self.connect() as own:
-                return self.add_batches(run_id, [traces], vocab, con=own)
-        batch = NextIds.read(con, run_id, vocab).build(traces, run_id, vocab)
-        insert_tables(con, batch.tables)
-        return batch.trace_ids
+        return self.add_batches(run_id, [traces], vocab) if traces else []
 
     def add_batches(self, run_id: int, batches: Iterable[list[Trace]], vocab: dict[int, str] | None = None,
                     *, con: duckdb.DuckDBPyConnection | None = None,
-                    extra: Callable[[], dict[str, pa.Table]] | None = None,
                     on_batch: Callable[[list[int]], None] | None = None) -> list[int]:
         """Write a stream of trace batches to a run, one transaction per batch; return the ids.
 
-        For bulk writes (imports, the demo): the file stays attached for the whole stream, and
-        the Arrow tables of the next batch are built while a second thread has DuckDB write
-        the previous one (numpy and DuckDB both release the GIL for most of their work), so
-        the write costs about the larger of the two instead of their sum. ``extra()`` returns
-        more rows (table -> Arrow) to write with each batch, in its transaction; ``on_batch``
-        gets each batch's trace ids once it is committed. When building a batch fails or the
+        For bulk writes: the file stays attached for the whole stream, and the Arrow tables of
+        the next batch are built while a second thread has DuckDB write the previous one (numpy
+        and DuckDB both release the GIL for most of their work), so the write costs about the
+        larger of the two instead of their sum. ``on_batch`` gets each batch's trace ids once it
+        is committed. When building a batch fails or the
         stream is interrupted, the batches built before it are still committed (and stay).
         """
         run_id = int(run_id)
         if con is None:
             with self.connect() as own:
-                return self.add_batches(run_id, batches, vocab, con=own, extra=extra, on_batch=on_batch)
+                return self.add_batches(run_id, batches, vocab, con=own, on_batch=on_batch)
         nxt = NextIds.read(con, run_id, vocab)
         out: list[int] = []
 
-        def write(batch: Batch, more: dict[str, pa.Table]) -> list[int]:
+        def write(batch: Batch) -> list[int]:
             con.execute("BEGIN")
             try:
                 insert_tables(con, batch.tables)
-                insert_tables(con, more)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -441,10 +428,9 @@ class Store:
                     if not traces:
                         continue
                     batch = nxt.build(traces, run_id, vocab)
-                    more = extra() if extra else {}
                     while len(inflight) >= WRITE_AHEAD:
                         done(inflight.popleft().result())
-                    inflight.append(pool.submit(write, batch, more))
+                    inflight.append(pool.submit(write, batch))
                 while inflight:
                     done(inflight.popleft().result())
             finally:  # on an error, the batches already built are still written (and reported)

@@ -102,7 +102,7 @@ def bench_writes(paths: dict[str, Path], traces: list[Trace], batch: int, rounds
     that machine noise hits all three alike; returns the bulk store's run id and, per way,
     the rate (token rows/s) of each round:
 
-    - ``add_batches``: the bulk path (imports, the demo): one stream of batches, one
+    - ``add_batches``: the bulk path: one stream of batches, one
       transaction per batch, the next batch built while the previous one is written;
     - ``add_traces``: one call per batch (the recorder's path), each attaching the file,
       writing one transaction and detaching;

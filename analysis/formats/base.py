@@ -615,6 +615,39 @@ def render_messages(msgs: list) -> str:
     return "\n".join(parts)
 
 
+def choices_record(obj: Any, ctx: Context, what: str, skip: Iterable[str], source_id: str | None = None,
+                   request: dict | None = None, request_skip: Iterable[str] = ()) -> tuple[list, str, dict, Any]:
+    """What the choices of an OpenAI-shaped record share: (choices, prompt, metadata, id).
+
+    ``what`` names the record in the error for one that is not an object; ``skip`` are the
+    fields that are not metadata; a Batch API ``request`` adds its fields as ``request.*``."""
+    pr = ctx.problems
+    if not isinstance(obj, dict):
+        pr.bad("the record", obj, f"a JSON object ({what})")
+        raise Skip
+    choices = get(obj, "choices", "choices", pr, list)
+    prompt = prompt_from(obj) or (prompt_from(request) if request else "")
+    fields = flat_fields(obj, skip)
+    if request:
+        fields.update({f"request.{k}": v for k, v in flat_fields(request, request_skip).items()})
+    rid = source_id if source_id is not None else obj.get("id")
+    return choices, prompt, map_metadata(fields, ctx.field_map), rid
+
+
+def choice_trace(t: Tokens, ctx: Context, *, prompt: str, boundary: int | None, meta: dict, ch: dict,
+                 i: int, n: int, rid: Any) -> Trace:
+    """The trace of choice ``i`` of ``n``: its finish reason (and index, among several) join the
+    record's metadata; its source id is the record's id (``id:i`` among several)."""
+    m = dict(meta)
+    if ch.get("finish_reason") is not None:
+        m["finish_reason"] = ch["finish_reason"]
+    if n > 1:
+        m["choice"] = i
+    sid = None if rid is None else (str(rid) if n == 1 else f"{rid}:{i}")
+    return to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid, metadata=m,
+                    vocab=ctx.vocab, local=ctx.local)
+
+
 def flat_fields(obj: dict, skip: Iterable[str] = ()) -> dict[str, Any]:
     """Scalar fields a user might map to metadata: top-level and ``metadata.*`` / ``request.*``."""
     out: dict[str, Any] = {}

@@ -12,8 +12,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (Context, each_record, Skip, Tokens, flat_fields, get, is_number, map_metadata, prompt_from, repair,
-                   show, to_trace, with_thinking)
+from .base import (Context, Skip, Tokens, choice_trace, choices_record, each_record, get, is_number, repair, show,
+                   with_thinking)
 
 NAME = "openai_completions"
 TITLE = "OpenAI legacy Completions (vLLM /v1/completions)"
@@ -39,16 +39,8 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
 
 def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | None = None) -> list[Trace]:
     pr = ctx.problems
-    if not isinstance(obj, dict):
-        pr.bad("the record", obj, "a JSON object (a completion)")
-        raise Skip
-    choices = get(obj, "choices", "choices", pr, list)
-    prompt = prompt_from(obj) or (prompt_from(request) if request else "")
-    fields = flat_fields(obj, _SKIP_FIELDS)
-    if request:
-        fields.update({f"request.{k}": v for k, v in flat_fields(request, ("prompt",)).items()})
-    meta = map_metadata(fields, ctx.field_map)
-    rid = source_id if source_id is not None else obj.get("id")
+    choices, prompt, meta, rid = choices_record(obj, ctx, "a completion", _SKIP_FIELDS, source_id, request,
+                                                ("prompt",))
     out = []
     for i, ch in enumerate(choices):
         p = f"choices[{i}]"
@@ -60,18 +52,11 @@ def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | 
             # an echoed prompt comes first in the tokens: drop it when the prompt text is known
             if prompt and t.n and "".join(t.tokens).startswith(prompt):
                 t = _drop_prefix(t, prompt)
-            m = dict(meta)
-            if ch.get("finish_reason") is not None:
-                m["finish_reason"] = ch["finish_reason"]
-            if len(choices) > 1:
-                m["choice"] = i
             thinking = ch.get("reasoning_content") or ch.get("reasoning")
             t, boundary, info = with_thinking(t, thinking if isinstance(thinking, str) else None,
                                               ch.get("text"), ctx.marker)
-            m.update(info)
-            sid = None if rid is None else (str(rid) if len(choices) == 1 else f"{rid}:{i}")
-            out.append(to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid,
-                                metadata=m, vocab=ctx.vocab, local=ctx.local))
+            out.append(choice_trace(t, ctx, prompt=prompt, boundary=boundary, meta={**meta, **info}, ch=ch, i=i,
+                                    n=len(choices), rid=rid))
         except Skip:
             continue
     return out

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (THINKING_FIELDS, Context, Keys, Skip, Tokens, flat_fields, get, guarded, map_metadata, prompt_from,
-                   read_tokens, repair, to_trace, with_thinking)
+from .base import (THINKING_FIELDS, Context, Keys, Skip, Tokens, choice_trace, choices_record, guarded, read_tokens,
+                   repair, with_thinking)
 
 NAME = "openai_chat"
 TITLE = "OpenAI Chat Completions (also vLLM, SGLang, llama.cpp and Ollama OpenAI routes)"
@@ -100,16 +100,8 @@ def _add_chunk(pending: dict, line: int, chunk: dict) -> tuple[int, dict] | None
 def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | None = None) -> list[Trace]:
     """Traces (one per choice) of one chat completion object."""
     pr = ctx.problems
-    if not isinstance(obj, dict):
-        pr.bad("the record", obj, "a JSON object (a chat completion)")
-        raise Skip
-    choices = get(obj, "choices", "choices", pr, list)
-    prompt = prompt_from(obj) or (prompt_from(request) if request else "")
-    fields = flat_fields(obj, _SKIP_FIELDS)
-    if request:
-        fields.update({f"request.{k}": v for k, v in flat_fields(request, ("messages", "prompt")).items()})
-    meta = map_metadata(fields, ctx.field_map)
-    rid = source_id if source_id is not None else obj.get("id")
+    choices, prompt, meta, rid = choices_record(obj, ctx, "a chat completion", _SKIP_FIELDS, source_id, request,
+                                                ("messages", "prompt"))
     out = []
     for i, ch in enumerate(choices):
         p = f"choices[{i}]"
@@ -143,14 +135,8 @@ def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | 
             t = repair(t)
             thinking = next((msg[f] for f in THINKING_FIELDS if isinstance(msg.get(f), str) and msg[f]), None)
             t, boundary, info = with_thinking(t, thinking, msg.get("content"), ctx.marker)
-            m = {**meta, **info}
-            if ch.get("finish_reason") is not None:
-                m["finish_reason"] = ch["finish_reason"]
-            if len(choices) > 1:
-                m["choice"] = i
-            sid = None if rid is None else (str(rid) if len(choices) == 1 else f"{rid}:{i}")
-            out.append(to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid,
-                                metadata=m, vocab=ctx.vocab, local=ctx.local))
+            out.append(choice_trace(t, ctx, prompt=prompt, boundary=boundary, meta={**meta, **info}, ch=ch, i=i,
+                                    n=len(choices), rid=rid))
         except Skip:
             continue
     return out
