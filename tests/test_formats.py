@@ -306,6 +306,16 @@ def test_non_utf8_bytes(store, tmp_path):
         (len(probs) == 1 and "line 2: not valid UTF-8 (byte 0xf6" in probs[0])
 
 
+def test_broken_json_names_its_column(store, tmp_path):
+    """Python's messages that end in "at" get their column, not a dangling word."""
+    p = tmp_path / "broken.jsonl"
+    p.write_text('{"id": "a", "choices": [{"text": "no\nnewline"}]}\n')  # the line break splits a string
+    assert problems_of(store, p) == ["broken.jsonl line 1: not valid JSON: Invalid control character at column 37"]
+    q = tmp_path / "pretty.json"
+    q.write_text('{"a": 1,\n "b": x}\n')
+    assert problems_of(store, q) == ["pretty.json line 2: not valid JSON: Expecting value at column 7"]
+
+
 def test_truncated_last_line(store, tmp_path):
     data = (FIX / "openai_chat.jsonl").read_bytes()
     p = tmp_path / "cut.jsonl"

@@ -88,6 +88,12 @@ def _complete(line: bytes) -> bool:
         return line.rstrip().endswith(b"}")
 
 
+def _where(msg: str, column: int) -> str:
+    """Python's JSON error with its column: its messages either end in "at" ("Invalid control
+    character at") or want one ("Expecting value")."""
+    return f"{msg} column {column}" if msg.endswith(" at") else f"{msg} at column {column}"
+
+
 def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int, Any]]:
     n = done = 0
     with open(path, "rb") as f:
@@ -117,9 +123,9 @@ def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int
                 last = not raw.endswith(b"\n") and not f.peek(1)
                 if last:
                     pr.add(f"the last line is cut off: the file ends in the middle of a JSON value "
-                           f"({e.msg} at column {e.colno})", line=lineno)
+                           f"({_where(e.msg, e.colno)})", line=lineno)
                 else:
-                    pr.add(f"not valid JSON: {e.msg} at column {e.colno}", line=lineno)
+                    pr.add(f"not valid JSON: {_where(e.msg, e.colno)}", line=lineno)
                 continue
             except RecursionError:
                 pr.add("JSON nested too deeply", line=lineno)
@@ -229,7 +235,8 @@ def _iter_document(path: Path, pr: Problems, progress, limit, array: bool) -> It
                         pr.add(f"a single JSON value larger than {MAX_VALUE_CHARS >> 20} MB; "
                                f"split the file into JSON Lines", line=start_line)
                     else:
-                        pr.add(f"not valid JSON: {e.msg}", line=start_line + buf.count("\n", pos, e.pos))
+                        col = e.pos - buf.rfind("\n", 0, e.pos)  # 1-based
+                        pr.add(f"not valid JSON: {_where(e.msg, col)}", line=start_line + buf.count("\n", pos, e.pos))
                     return
                 except RecursionError:
                     pr.add("JSON nested too deeply", line=start_line)
