@@ -109,11 +109,30 @@ def cmd_demo(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
+    """Serve the dashboard on 127.0.0.1; ``--host`` opens it to the network, behind a token
+    (``$THINKSCOPE_TOKEN``, or a random one printed here) unless ``--no-token``."""
+    import secrets
+
+    from dashboard.auth import NO_TOKEN_ENV, TOKEN_ENV, is_loopback
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = dict(os.environ)
     if args.store:
         env["THINKSCOPE_STORE"] = str(Path(args.store).resolve())
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
+    env.pop(NO_TOKEN_ENV, None)
+    if not is_loopback(args.host):
+        print(f"thinkscope: warning: the dashboard listens on {args.host or 'every interface'}: anyone who can "
+              f"reach port {args.port} can upload files, run models and delete runs"
+              + (" (no token: --no-token)" if args.no_token else " once they have the access token"),
+              file=sys.stderr)
+        if args.no_token:
+            env.pop(TOKEN_ENV, None)
+            env[NO_TOKEN_ENV] = "1"
+        elif not env.get(TOKEN_ENV):
+            env[TOKEN_ENV] = secrets.token_urlsafe(24)
+            print(f"thinkscope: access token (asked once per browser session; set {TOKEN_ENV} to choose it): "
+                  f"{env[TOKEN_ENV]}", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+           "--server.address", args.host]
     if args.headless:
         cmd += ["--server.headless", "true"]
     return subprocess.call(cmd, env=env, cwd=app.parent.parent)
@@ -170,6 +189,11 @@ def register(sub) -> None:
     b = sub.add_parser("dashboard", help="start the dashboard (Streamlit)")
     b.add_argument("--port", type=int, default=8501)
     b.add_argument("--headless", action="store_true")
+    b.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only); another address, "
+                        "e.g. 0.0.0.0, opens the dashboard to the network behind an access token")
+    b.add_argument("--no-token", action="store_true",
+                   help="with --host: no access token (only behind a proxy that does the login)")
     b.set_defaults(func=cmd_dashboard)
 
 

@@ -27,8 +27,14 @@ PAGES = [
 
 def main() -> None:
     st.set_page_config(page_title="thinkscope", page_icon=":material/insights:", layout="wide")
-    pages = [st.Page(str(PAGES_DIR / f), title=t, icon=i, url_path=u, default=(n == 0))
+    from dashboard.auth import gate
+    if not gate():  # before any page: nothing renders until the session has the token
+        st.stop()
+    # the default page is served at "/"; a hidden twin answers its own path too (/runs)
+    pages = [st.Page(str(PAGES_DIR / f), title=t, icon=i, url_path="" if n == 0 else u, default=(n == 0))
              for n, (f, t, i, u) in enumerate(PAGES) if (PAGES_DIR / f).exists()]
+    f, t, i, u = PAGES[0]
+    pages.append(st.Page(str(PAGES_DIR / f), title=t, icon=i, url_path=u, visibility="hidden"))
     nav = st.navigation(pages)
     from dashboard.state import sidebar_store
     sidebar_store()

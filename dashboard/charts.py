@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import metrics
+from dashboard.text import chart
 
 #: entropy colour scale for token backgrounds: low = white-ish, high = deep violet/red
 COLORSCALE = [(0.0, "#f8fafc"), (0.25, "#fde68a"), (0.5, "#fb923c"), (0.75, "#e11d48"), (1.0, "#7e22ce")]
@@ -116,7 +117,7 @@ def entropy_curve(tokens: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
     n = len(token_h)
     x = np.arange(n)
     fig = go.Figure()
-    hover = np.array([html.escape(repr(t)[1:-1][:40]) for t in tokens], dtype=object)
+    hover = np.array([chart(repr(t)[1:-1][:40]) for t in tokens], dtype=object)
     xs, ys = downsample_minmax(x, np.asarray(token_h, float), max_points)
     fig.add_trace(go.Scattergl(
         x=xs, y=ys, mode="lines", name="token entropy", line=dict(color="#c4b5fd", width=1),
@@ -152,9 +153,9 @@ def run_entropy_box(stats: pd.DataFrame, unit: str) -> go.Figure:
     fig = go.Figure()
     for i, (label, g) in enumerate(stats.groupby("label", sort=False)):
         est = ", ".join(sorted(g["estimator"].unique()))
-        fig.add_trace(go.Box(y=g["value"], name=html.escape(str(label)), boxpoints="all", jitter=0.4,
+        fig.add_trace(go.Box(y=g["value"], name=chart(label), boxpoints="all", jitter=0.4,
                              pointpos=0, marker=dict(color=PALETTE[i % len(PALETTE)], size=4),
-                             hovertemplate=f"%{{y:.3f}} {unit} ({html.escape(est)})<extra></extra>"))
+                             hovertemplate=f"%{{y:.3f}} {unit} ({chart(est)})<extra></extra>"))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), showlegend=False,
                       yaxis_title=f"sequence entropy ({unit}, best estimator)")
     return fig

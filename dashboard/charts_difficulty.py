@@ -7,7 +7,6 @@ data (run names) are HTML-escaped, since plotly renders a subset of HTML in labe
 
 from __future__ import annotations
 
-import html
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis import metrics
+from dashboard.text import chart
 
 PALETTE = ["#6d28d9", "#0891b2", "#ea580c", "#16a34a", "#db2777", "#ca8a04"]
 SPLIT_COLORS = {"calibration": "#6d28d9", "held-out": "#ea580c", "all": "#0891b2"}
@@ -38,7 +38,7 @@ def u_shape_figure(summary: pd.DataFrame, run_labels: Mapping[int, str], unit: s
     for n, (run_id, d) in enumerate(summary.groupby("run_id", sort=False)):
         d = d.sort_values("bin_order")
         color = PALETTE[n % len(PALETTE)]
-        name = html.escape(str(run_labels.get(run_id, f"run {run_id}")))
+        name = chart(run_labels.get(run_id, f"run {run_id}"))
         y = d["mean_entropy"].to_numpy() * sc
         up = d["ci_high"].to_numpy() * sc - y
         down = y - d["ci_low"].to_numpy() * sc
@@ -116,7 +116,7 @@ def threshold_figure(curves: Mapping[str, pd.DataFrame], tau: float, marks: Mapp
     for name, v in marks.items():
         if v is not None and np.isfinite(v):
             fig.add_vline(x=v * sc, line=dict(color="#64748b", dash="dot"),
-                          annotation_text=html.escape(name), annotation_position="bottom right")
+                          annotation_text=chart(name), annotation_position="bottom right")
     fig.update_layout(height=380, margin=dict(l=60, r=20, t=40, b=50),
                       xaxis_title=axis_label("threshold τ", unit, estimator),
                       title=dict(text="Tokens saved and accuracy kept (accuracy / no-stop accuracy) by τ",
@@ -137,7 +137,7 @@ def calibration_figure(entropy: np.ndarray, correct: np.ndarray, marks: Mapping[
     fig.add_trace(go.Histogram(x=h[~c], name="incorrect", marker_color="#dc2626", opacity=0.6, nbinsx=30))
     for name, v in marks.items():
         if v is not None and np.isfinite(v):
-            fig.add_vline(x=v * sc, line=dict(color="black", dash="dot"), annotation_text=html.escape(name))
+            fig.add_vline(x=v * sc, line=dict(color="black", dash="dot"), annotation_text=chart(name))
     fig.update_layout(barmode="overlay", height=300, margin=dict(l=60, r=20, t=30, b=50),
                       xaxis_title=axis_label(signal, unit, estimator), yaxis_title="calibration traces")
     return fig
@@ -151,7 +151,7 @@ def stop_positions_figure(curves: Sequence[dict], tau: float, unit: str, estimat
     fig = go.Figure()
     for n, c in enumerate(curves):
         color = PALETTE[n % len(PALETTE)]
-        name = html.escape(str(c["label"]))
+        name = chart(c["label"])
         x = np.arange(len(c["h"]))
         fig.add_trace(go.Scatter(x=x, y=np.asarray(c["h"]) * sc, mode="lines", line=dict(color=color, width=1),
                                  opacity=0.3, name=name, legendgroup=name, showlegend=False,

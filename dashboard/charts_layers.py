@@ -6,7 +6,6 @@ token) is untrusted and HTML-escaped before it reaches a hover label or a tick l
 
 from __future__ import annotations
 
-import html
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboard.charts import PALETTE, visible_token
+from dashboard.text import chart
 
 #: sequential colour scale for entropy heatmaps (low: pale, high: deep violet)
 HEAT_SCALE = [(0.0, "#f8fafc"), (0.2, "#fde68a"), (0.45, "#fb923c"), (0.7, "#e11d48"), (1.0, "#4c1d95")]
@@ -23,7 +23,7 @@ SPLIT_COLORS = {"anchor": "#0891b2", "middle": "#9ca3af", "explorer": "#e11d48"}
 
 
 def _esc(text: str, limit: int = 30) -> str:
-    return html.escape(visible_token(str(text))[:limit])
+    return chart(visible_token(str(text))[:limit])
 
 
 def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[str], quantity: str,
@@ -52,9 +52,9 @@ def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[st
     scale = dict(zmin=0, zmax=zmax) if zmax is not None else {}
     fig = go.Figure(go.Heatmap(
         z=v.T, x=x, y=list(layers), customdata=custom, colorscale=HEAT_SCALE, hoverongaps=False, **scale,
-        colorbar=dict(title=dict(text=f"{html.escape(quantity)}<br>({html.escape(unit)})", side="right")),
+        colorbar=dict(title=dict(text=f"{chart(quantity)}<br>({chart(unit)})", side="right")),
         hovertemplate=(f"layer %{{y}} · position %{{customdata[0]}}<br>token %{{customdata[1]}}<br>"
-                       f"{html.escape(quantity)} = %{{z:.3f}} {html.escape(unit)}{extra}<extra></extra>")))
+                       f"{chart(quantity)} = %{{z:.3f}} {chart(unit)}{extra}<extra></extra>")))
     if boundary is not None and offset < boundary < offset + n:
         fig.add_vline(x=boundary - 0.5, line=dict(color="#16a34a", width=2),
                       annotation_text="answer starts", annotation_position="top right")
@@ -67,7 +67,7 @@ def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[st
         yaxis.update(tickmode="array", tickvals=list(layers))
     fig.update_layout(height=max(260, 80 + 16 * n_layers), margin=dict(l=10, r=10, t=30, b=10),
                       xaxis=xaxis, yaxis=yaxis,
-                      title=dict(text=f"{html.escape(quantity)} ({html.escape(unit)}, {html.escape(estimator)})",
+                      title=dict(text=f"{chart(quantity)} ({chart(unit)}, {chart(estimator)})",
                                  font=dict(size=13)))
     return fig
 
@@ -83,7 +83,7 @@ def layer_profile(df: pd.DataFrame, quantity: str, unit: str, estimator: str,
     for i, (group, g) in enumerate(df.groupby("group", sort=False)):
         g = g.sort_values("layer")
         color = PALETTE[i % len(PALETTE)]
-        label = html.escape(str(group))
+        label = chart(str(group))
         if {"lo", "hi"} <= set(g.columns) and g["lo"].notna().any():
             fig.add_trace(go.Scatter(
                 x=np.concatenate([g["layer"], g["layer"][::-1]]),
@@ -93,12 +93,12 @@ def layer_profile(df: pd.DataFrame, quantity: str, unit: str, estimator: str,
         fig.add_trace(go.Scatter(
             x=g["layer"], y=g["mean"], mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=color, width=2), marker=dict(size=5), customdata=ncol,
-            hovertemplate=f"{label}<br>layer %{{x}}<br>mean = %{{y:.3f}} {html.escape(unit)}"
+            hovertemplate=f"{label}<br>layer %{{x}}<br>mean = %{{y:.3f}} {chart(unit)}"
                           "<br>n = %{customdata}<extra></extra>"))
     for j, (name, value) in enumerate((reference or {}).items()):
         if value is not None and np.isfinite(value):
             fig.add_hline(y=value, line=dict(color="#6b7280", dash="dot", width=1),
-                          annotation_text=html.escape(name), annotation_position="top left")
+                          annotation_text=chart(name), annotation_position="top left")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), hovermode="closest",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
                       xaxis_title="layer (1-based; residual stream after the block)",
@@ -129,9 +129,9 @@ def anchors_explorers_scatter(attn: np.ndarray, token_h: np.ndarray, groups: np.
             x=np.asarray(attn)[sel], y=np.asarray(token_h)[sel], mode="markers", name=name,
             marker=dict(color=color, size=6, opacity=0.75), customdata=np.stack([pos[sel], tok[sel]], axis=1),
             hovertemplate=("position %{customdata[0]} · token %{customdata[1]}<br>attention %{x:.3f}"
-                           f"<br>token entropy %{{y:.3f}} {html.escape(unit)}<extra>{name}</extra>")))
+                           f"<br>token entropy %{{y:.3f}} {chart(unit)}<extra>{name}</extra>")))
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-                      xaxis_title=html.escape(attn_label),
+                      xaxis_title=chart(attn_label),
                       yaxis_title=f"token entropy ({unit}, {token_estimator})")
     return fig

@@ -69,10 +69,10 @@ def test_upload_same_file_twice_says_so(monkeypatch, store):
     at.file_uploader(key="upload.files").set_value(files("token_table.csv"))
     at.run()
     assert [m.value for m in at.metric][:3] == ["token_table", "2", "5"]
-    at.button(key="upload.import").click()
-    at.run()
     assert not at.exception
+    # recognised in the preview, before any import: nothing to import, nothing stored
     assert f"already imported as run #{first.run_id}" in at.warning[0].value.replace("\\", "")
+    assert at.button(key="upload.import").disabled
     assert store.counts()["runs"] == 1
 
 
