@@ -1,8 +1,10 @@
 """The `thinkscope` command line: thin commands over the analysis library.
 
-Errors from bad input print as one line (``thinkscope: error: ...``) with exit code 2.
-Commands are registered by ``register(subparsers)`` functions; each module that adds
-commands is listed in COMMAND_MODULES.
+Errors from bad input, and faults of the store or its disk, print as one line
+(``thinkscope: error: ...``) with exit code 2. Text that comes from files and stores (names,
+models, messages quoting them) is printed through ``echo``, which shows control characters
+as escapes instead of sending them to the terminal. Commands are registered by
+``register(subparsers)`` functions; each module that adds commands is listed in COMMAND_MODULES.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +23,30 @@ from .errors import ThinkscopeError
 COMMAND_MODULES: list[str] = ["analysis.cli", "analysis.formats.cli", "analysis.cli_difficulty"]
 
 
-def _store(args):
+#: characters a terminal would act on: C0 controls but the newline, DEL, C1 controls, the
+#: bidirectional overrides and isolates, and lone surrogates (which cannot even be encoded)
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text) -> str:
+    """``text`` with every control character shown as an escape (``\x1b``, ``\u202e``)."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], str(text))
+
+
+def echo(*parts, file=None) -> None:
+    """print() for text that may come from files or stores (see ``printable``)."""
+    print(*(printable(p) for p in parts), file=file or sys.stdout)
+
+
+def open_store(args):
+    """The store of a command (--store); main() reports its warnings once the command ends."""
     from .store import Store
-    return Store(args.store)
+    store = Store(args.store)
+    args.__dict__.setdefault("_stores", []).append(store)
+    return store
+
+
+_store = open_store
 
 
 def _progress_bar(desc: str):
@@ -75,11 +99,17 @@ def cmd_generate(args) -> int:
         return generate_graded(args, store, lm, prompts, settings, name, _progress_bar("generating"))
     try:
         res = record_run(store, lm, prompts, settings, name, progress=_progress_bar("generating"))
-    except KeyboardInterrupt:
-        print("\ninterrupted: the finished batches are kept (run marked 'interrupted')", file=sys.stderr)
-        return 130
-    print(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
+    except KeyboardInterrupt as e:
+        return interrupted(e)
+    echo(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
     return 0
+
+
+def interrupted(e: KeyboardInterrupt) -> int:
+    """What a generation stopped by Ctrl-C or SIGTERM says; its exit code (130, 143)."""
+    from .record import Terminated
+    print("\ninterrupted: the finished batches are kept (run marked 'interrupted')", file=sys.stderr)
+    return 143 if isinstance(e, Terminated) else 130
 
 
 def cmd_runs(args) -> int:
@@ -89,14 +119,16 @@ def cmd_runs(args) -> int:
         return 0
     df = df.drop(columns=["settings"]).astype({"n_traces": int, "n_tokens": int})
     df["mean_entropy"] = df["mean_entropy"].round(3)
-    print(df.rename(columns={"mean_entropy": "mean_entropy_nats"}).to_string(index=False))
+    for col in ("name", "source", "model", "status", "estimator"):  # before the layout measures widths
+        df[col] = df[col].map(lambda v: v if v is None else printable(v))
+    echo(df.rename(columns={"mean_entropy": "mean_entropy_nats"}).to_string(index=False))
     return 0
 
 
 def cmd_export(args) -> int:
     from .export import export_run
     path = export_run(_store(args), args.run_id, args.output, args.format)
-    print(f"run {args.run_id} -> {path}")
+    echo(f"run {args.run_id} -> {path}")
     return 0
 
 
@@ -104,7 +136,7 @@ def cmd_demo(args) -> int:
     from .demo import load_demo
     store = _store(args)
     n = load_demo(store, if_empty=args.if_empty)
-    print(f"demo traces: {n} new run(s) loaded into {store.path}" if n else f"demo traces already in {store.path}")
+    echo(f"demo traces: {n} new run(s) loaded into {store.path}" if n else f"demo traces already in {store.path}")
     return 0
 
 
@@ -214,11 +246,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ThinkscopeError as e:
-        print(f"thinkscope: error: {e}", file=sys.stderr)
+        echo(f"thinkscope: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("thinkscope: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a fault no command expected (a disk, a file): still one line, exit 2
+        message = _fault_message(args, e)
+        if message is None:
+            raise
+        echo(f"thinkscope: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        for store in args.__dict__.get("_stores", []):
+            for w in dict.fromkeys(store.warnings):
+                echo(f"thinkscope: warning: {w}", file=sys.stderr)
+
+
+def _fault_message(args, e: Exception) -> str | None:
+    """One line for an OS error (naming its file) or a DuckDB fault (naming the store)."""
+    import duckdb
+
+    from .store import Store, one_line
+    if isinstance(e, OSError):
+        where = e.filename if e.filename is not None else (args.store or "thinkscope")
+        return f"{where}: {e.strerror or one_line(e)}"
+    if isinstance(e, duckdb.Error):
+        return str(Store(args.store).error(e))
+    return None
 
 
 if __name__ == "__main__":

@@ -10,14 +10,17 @@ and the graded / early-stopped generation that ``thinkscope generate --problems 
 
 from __future__ import annotations
 
-import sys
-
 from .errors import ThinkscopeError
 
 
 def _store(args):
-    from .store import Store
-    return Store(args.store)
+    from .cli import open_store
+    return open_store(args)
+
+
+def echo(*parts, file=None) -> None:
+    from .cli import echo as _echo
+    _echo(*parts, file=file)
 
 
 MC_INSTRUCTION = "Think step by step, then write 'Final answer:' followed by the letter of your choice."
@@ -54,18 +57,20 @@ def generate_graded(args, store, lm, prompts, settings, name: str, progress) -> 
     try:
         if args.early_stop:
             from .early_stop import load_config, record_run_early_stop
+            from .record import sigterm_as_interrupt
             cfg = load_config(args.early_stop)
-            res, summary = record_run_early_stop(store, lm, prompts, settings, name, cfg, on_traces=collect,
-                                                 progress=progress)
+            with sigterm_as_interrupt():
+                res, summary = record_run_early_stop(store, lm, prompts, settings, name, cfg, on_traces=collect,
+                                                     progress=progress)
         else:
             res, summary = record_run(store, lm, prompts, settings, name, progress=progress,
                                       on_traces=collect), None
-    except KeyboardInterrupt:
-        print("\ninterrupted: the finished batches are kept (run marked 'interrupted')", file=sys.stderr)
-        return 130
-    print(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
+    except KeyboardInterrupt as e:
+        from .cli import interrupted
+        return interrupted(e)
+    echo(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
     if summary:
-        print(f"early stop: {summary['stopped_early']} of {summary['traces']} traces stopped; "
+        echo(f"early stop: {summary['stopped_early']} of {summary['traces']} traces stopped; "
               f"{summary['budget_saved']} of {summary['budget']} budget tokens left unused "
               "(an upper bound on tokens saved; compare with a run without --early-stop for the real saving)")
     if graded and rows:
@@ -75,7 +80,7 @@ def generate_graded(args, store, lm, prompts, settings, name: str, progress) -> 
             {"level": None if r.level == -1 else float(r.level), "n": int(r.n), "graded": int(r.graded),
              "correct": int(r.correct), "pass_rate": None if pd.isna(r.pass_rate) else float(r.pass_rate)}
             for r in table.itertuples()]})
-        print(format_pass_rates(table))
+        echo(format_pass_rates(table))
     return 0
 
 
@@ -93,7 +98,7 @@ def cmd_grade(args) -> int:
     rule = GradingRule(args.rule, args.regex, args.rel_tol, args.abs_tol)
     c = regrade_run(_store(args), args.run_id, rule)
     acc = "n/a" if c["accuracy"] != c["accuracy"] else f"{100 * c['accuracy']:.1f}%"
-    print(f"run {args.run_id} re-graded ({args.rule}): {c['correct']} correct, {c['wrong']} wrong, "
+    echo(f"run {args.run_id} re-graded ({args.rule}): {c['correct']} correct, {c['wrong']} wrong, "
           f"{c['ungraded']} ungraded; accuracy {acc} of graded")
     return 0
 
@@ -110,12 +115,12 @@ def cmd_difficulty(args) -> int:
         raise ThinkscopeError(f"--edges {args.edges!r}: expected numbers separated by commas, e.g. 0,0.5,1") from None
     _, s = dif.difficulty_table(stats, args.estimator, args.phase, dif.Binning(args.axis, edges))
     cols = ["run_id", "bin", "count", "mean_entropy", "ci_low", "ci_high", "accuracy", "mean_tokens"]
-    print(f"mean sequence entropy (nats, {args.estimator}, phase {args.phase}) per difficulty bin, 95% t-interval")
-    print(s[cols].round(4).to_string(index=False))
+    echo(f"mean sequence entropy (nats, {args.estimator}, phase {args.phase}) per difficulty bin, 95% t-interval")
+    echo(s[cols].round(4).to_string(index=False))
     for rid in args.run_ids:
         u = dif.u_shape(s, rid)
         verdict = {True: "U-shape", False: "no U-shape", None: "no verdict"}[u.u_shape]
-        print(f"run {rid}: {u.easy} -> {u.medium} entropy change {u.change_pct:+.1f}%; {verdict}"
+        echo(f"run {rid}: {u.easy} -> {u.medium} entropy change {u.change_pct:+.1f}%; {verdict}"
               + (f" ({'; '.join(u.notes)})" if u.notes else ""))
     return 0
 
@@ -144,13 +149,13 @@ def cmd_calibrate(args) -> int:
                                                 "seed": args.seed}, source_run=args.run_id)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(cfg.to_json())
-    print(f"tau_mean {th.tau_mean:.4f} nats, tau_info {th.tau_info:.4f} nats (Cohen's d {th.cohens_d:.3f}, "
+    echo(f"tau_mean {th.tau_mean:.4f} nats, tau_info {th.tau_info:.4f} nats (Cohen's d {th.cohens_d:.3f}, "
           f"{th.n_correct} correct / {th.n_incorrect} incorrect calibration traces)")
     if held.any():
         p = es.StopModel(rt.subset(held), rule).point(rule.tau)
-        print(f"held-out at tau {rule.tau:.4f}: {p['tokens_saved_pct']:.1f}% tokens saved, accuracy "
+        echo(f"held-out at tau {rule.tau:.4f}: {p['tokens_saved_pct']:.1f}% tokens saved, accuracy "
               f"{100 * p['accuracy']:.1f}% vs {100 * p['baseline_accuracy']:.1f}% without stopping (estimate)")
-    print(f"-> {args.out}")
+    echo(f"-> {args.out}")
     return 0
 
 

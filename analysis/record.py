@@ -9,6 +9,9 @@ and at T=1, the chosen token's logprob, and the top-k alternatives. Nothing of s
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -353,6 +356,32 @@ def score_completion(lm: LoadedModel, prompt: str, completion: str, settings: Ge
 # --------------------------------------------------------------------------- runs
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a generation: handled as Ctrl-C is (the finished batches are kept)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated in the main thread, as Ctrl-C raises
+    KeyboardInterrupt; further SIGTERMs are ignored until the block has cleaned up. Nothing
+    changes outside the main thread (signal handlers can only be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    state = {"raised": False}
+
+    def handler(signum, frame):
+        if not state["raised"]:
+            state["raised"] = True
+            raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class RunResult:
     run_id: int
@@ -367,25 +396,27 @@ def record_run(store, lm: LoadedModel, prompts: Sequence[Prompt], settings: Gene
                on_traces: Callable[[list[Trace]], None] | None = None, **kwargs) -> RunResult:
     """Generate and store a run, one transaction per batch.
 
-    An interruption (KeyboardInterrupt, or any error) keeps every finished batch and marks
-    the run 'interrupted'. ``on_traces`` may modify each batch before it is stored
-    (grading, for instance).
+    An interruption (KeyboardInterrupt, SIGTERM, or any error) keeps every finished batch and
+    marks the run 'interrupted'. ``on_traces`` may modify each batch before it is stored
+    (grading, for instance). A process killed outright leaves the run 'running'; it is shown as
+    interrupted once the process is gone (``Store.runs``).
     """
-    run_id = store.create_run(name, source, lm.name, {**settings.to_dict(), "n_prompts": len(prompts)})
-    vocab = VocabText(lm.tokenizer)
-    n_traces = n_tokens = 0
-    t0 = time.perf_counter()
-    status = "complete"
-    try:
-        for traces in iter_generate(lm, prompts, settings, progress=progress, **kwargs):
-            if on_traces:
-                on_traces(traces)
-            store.add_traces(run_id, traces, vocab_for(lm, traces, vocab))
-            n_traces += len(traces)
-            n_tokens += sum(t.n_tokens for t in traces)
-    except BaseException:
-        status = "interrupted"
-        raise
-    finally:
-        store.finish_run(run_id, status)
+    with sigterm_as_interrupt():
+        run_id = store.create_run(name, source, lm.name, {**settings.to_dict(), "n_prompts": len(prompts)})
+        vocab = VocabText(lm.tokenizer)
+        n_traces = n_tokens = 0
+        t0 = time.perf_counter()
+        status = "complete"
+        try:
+            for traces in iter_generate(lm, prompts, settings, progress=progress, **kwargs):
+                if on_traces:
+                    on_traces(traces)
+                store.add_traces(run_id, traces, vocab_for(lm, traces, vocab))
+                n_traces += len(traces)
+                n_tokens += sum(t.n_tokens for t in traces)
+        except BaseException:
+            status = "interrupted"
+            raise
+        finally:
+            store.finish_run(run_id, status)
     return RunResult(run_id, n_traces, n_tokens, status, time.perf_counter() - t0)

@@ -6,7 +6,13 @@ short-lived (one query, or one batch of traces in one transaction: the file is a
 a per-process in-memory DuckDB for that long) and attaching retries with backoff while
 another process holds the file, so the CLI can write while the
 dashboard reads, and neither sees a lock error unless the other holds the file for
-longer than ``lock_timeout`` seconds.
+longer than ``lock_timeout`` seconds. Reads attach the file read-only (a store on read-only
+media stays readable, and readers share it); writes attach it read-write.
+
+Faults of the file or its disk (truncated or damaged file, read-only media, a full disk)
+surface as ``StoreError`` with one line naming the file and the problem. A write whose commit
+succeeded but whose checkpoint (folding the write-ahead log into the file, done on detach)
+failed is saved: it is reported in ``Store.warnings``, not raised.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import json
 import os
 import random
 import re
+import shutil
+import socket
 import threading
 import time
 from collections import deque
@@ -37,7 +45,7 @@ from . import metrics
 from .errors import ThinkscopeError
 from .trace import Trace, TraceError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ENV_STORE = "THINKSCOPE_STORE"
 DEFAULT_STORE = Path(__file__).resolve().parent.parent / "data" / "store" / "thinkscope.duckdb"
 
@@ -83,10 +91,12 @@ CREATE TABLE IF NOT EXISTS runs (
     settings JSON,                    -- generation settings, marker, file name, ...
     created_at TIMESTAMP NOT NULL,
     status VARCHAR NOT NULL,          -- 'running', 'complete', 'interrupted', 'failed'
-    content_hash VARCHAR,             -- sha256 of an imported file
+    content_hash VARCHAR,             -- sha256 of an imported file (unique: runs_content_hash)
     n_traces INTEGER DEFAULT 0,
-    n_tokens BIGINT DEFAULT 0
+    n_tokens BIGINT DEFAULT 0,
+    writer VARCHAR                    -- JSON (host, pid, start) of the process writing a 'running' run
 );
+CREATE UNIQUE INDEX IF NOT EXISTS runs_content_hash ON runs (content_hash);
 CREATE TABLE IF NOT EXISTS traces (
     trace_id BIGINT PRIMARY KEY,
     run_id INTEGER NOT NULL,
@@ -170,7 +180,60 @@ class _Connection:
 
 
 class StoreError(ThinkscopeError):
-    """A store problem with a message fit to show a user (names the file)."""
+    """A store problem with a message fit to show a user: one line that names the file.
+
+    Pages and commands show ``str(error)`` as it is."""
+
+
+class _NeedsWrite(Exception):
+    """A read-only attachment found a store that must be created or upgraded first."""
+
+
+#: DuckDB error classes that are faults of the file, its disk or its data (shown as StoreError);
+#: programming errors (ProgrammingError) and constraint violations (IntegrityError) are not
+_PROGRAMMING = (duckdb.ProgrammingError, duckdb.IntegrityError)
+_CHECKPOINT_FAILED = re.compile(r"Detached database .*but CHECKPOINT during DETACH failed", re.I | re.S)
+_FAULTS = [  # (pattern of DuckDB's or the OS's message, what it means for the user)
+    (re.compile(r"No space left on device|disk is full|ENOSPC", re.I), "the disk is full"),
+    (re.compile(r"Read-only file system|EROFS", re.I), "the file system is read-only"),
+    (re.compile(r"Permission denied|EACCES|Operation not permitted", re.I), "permission denied"),
+    (re.compile(r"checksum|Corrupt database", re.I), "the store file is damaged"),
+    (re.compile(r"Could not read enough bytes|unexpected end of file|truncated", re.I),
+     "the store file is truncated or damaged"),
+    (re.compile(r"not a valid DuckDB database|invalid database|not a DuckDB", re.I),
+     "the file is not a DuckDB database"),
+]
+
+
+def one_line(text: str) -> str:
+    """A message on one line (DuckDB's span several)."""
+    return " ".join(str(text).split())
+
+
+def _detail(exc: BaseException) -> str:
+    text = one_line(exc)
+    m = re.search(r"Original error: (.*)$", text)  # a checkpoint failure wraps the real one
+    text = m.group(1) if m else text
+    return re.sub(r"^(IO|TransactionContext|Invalid Input|Fatal|Internal|INTERNAL) Error: ", "", text)
+
+
+def fault(exc: BaseException) -> str | None:
+    """What a DuckDB or OS error means for the user (``_FAULTS``), or None."""
+    text = str(exc)
+    return next((meaning for pattern, meaning in _FAULTS if pattern.search(text)), None)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for this process on the file system holding ``path`` (or its nearest
+    existing parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def mb(n: float) -> str:
+    return f"{n / (1 << 20):,.1f} MB"
 
 
 def default_store_path() -> Path:
@@ -201,6 +264,20 @@ def _engine() -> duckdb.DuckDBPyConnection:
     return eng
 
 
+def _run_detach(eng: duckdb.DuckDBPyConnection, alias: str) -> None:
+    eng.execute(f"DETACH {alias}")
+
+
+def _reset_engine() -> None:
+    """Drop the process's engine after a fatal DuckDB error (a new one is made on next use)."""
+    with _ENGINE_LOCK:
+        eng = _ENGINE.pop(os.getpid(), None)
+        _ATTACHED.clear()
+        if eng is not None:
+            with contextlib.suppress(Exception):
+                eng.close()
+
+
 @atexit.register
 def _close_engine() -> None:
     """Close the engine before the interpreter tears DuckDB's bindings down (an engine
@@ -212,30 +289,122 @@ def _close_engine() -> None:
             eng.close()
 
 
+def _process_start(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, /proc), to tell a pid reused by another
+    process from the one that wrote a run; None where /proc has no such entry."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _writer() -> str:
+    """This process, as recorded in a run it writes (``runs.writer``)."""
+    pid = os.getpid()
+    return json.dumps({"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)})
+
+
+def _migrate_1_to_2(con) -> None:
+    """Version 1 stored each completion's text in traces as well as in its tokens; the text is
+    now derived from the tokens (the `completions(run_id)` macro), so that appending traces
+    never rewrites kilobytes of text per trace at the next checkpoint."""
+    con.execute("ALTER TABLE traces DROP COLUMN completion")
+
+
+def _migrate_2_to_3(con) -> None:
+    """Version 3 records a running run's writer process (so a killed one is recognised) and
+    makes content hashes unique (so two imports of one file cannot both commit). Runs that
+    already share a hash keep it on the first; the later ones get it in their settings."""
+    con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS writer VARCHAR")
+    con.execute("""
+        UPDATE runs SET settings = json_merge_patch(coalesce(settings, '{}'),
+                            json_object('content_hash', content_hash, 'duplicate_of', d.first)),
+                        content_hash = NULL
+        FROM (SELECT content_hash AS h, min(run_id) AS first FROM runs
+              WHERE content_hash IS NOT NULL GROUP BY content_hash HAVING count(*) > 1) d
+        WHERE runs.content_hash = d.h AND runs.run_id > d.first""")
+
+
+#: _MIGRATIONS[v - 1] brings a store of version v to version v + 1
+_MIGRATIONS: list[Callable] = [_migrate_1_to_2, _migrate_2_to_3]
+
+
+def _finish(con, run_id: int, status: str) -> None:
+    """Set a run's status and its counts from the traces it has."""
+    con.execute(
+        "UPDATE runs SET status = ?, writer = NULL, "
+        "n_traces = (SELECT count(*) FROM traces WHERE run_id = ?), "
+        "n_tokens = (SELECT coalesce(sum(n_tokens), 0) FROM traces WHERE run_id = ?) "
+        "WHERE run_id = ?", [status, run_id, run_id, run_id])
+
+
+def writer_gone(writer: str | None) -> bool:
+    """True when the process recorded as a run's writer no longer runs (checked on this host
+    only: a writer on another host, or none recorded, is presumed alive)."""
+    try:
+        w = json.loads(writer) if writer else None
+        pid = int(w["pid"])
+    except (ValueError, TypeError, KeyError):
+        return False
+    if w.get("host") != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    start = _process_start(pid)
+    return start is not None and w.get("start") is not None and start != w["start"]
+
+
 class Store:
-    """A DuckDB store file. Cheap to create: connections open per operation."""
+    """A DuckDB store file. Cheap to create: connections open per operation.
+
+    ``warnings`` collects what went wrong without losing data (a checkpoint that failed after
+    a commit), for the caller to report."""
 
     def __init__(self, path: str | os.PathLike | None = None, lock_timeout: float = 60.0):
         self.path = Path(path).expanduser() if path else default_store_path()
         self.lock_timeout = lock_timeout
         self._ready = False
+        self.warnings: list[str] = []
+
+    def error(self, exc: BaseException, doing: str | None = None, after: str = "") -> StoreError:
+        """A DuckDB or OS error of this store as a StoreError of one line naming the file:
+        '<file>: <doing>: <what the error means> (<its text>)<after>'."""
+        return StoreError(f"{self.path}: {doing + ': ' if doing else ''}{self._describe(exc)}{after}")
+
+    def _describe(self, exc: BaseException) -> str:
+        meaning = fault(exc)
+        detail = _detail(exc)
+        if meaning == "the disk is full":
+            detail += f"; {mb(free_bytes(self.path))} free in {self.path.parent}"
+        return f"{meaning} ({detail})" if meaning else detail
 
     # ------------------------------------------------------------------ connections
-    def _attach(self, eng: duckdb.DuckDBPyConnection) -> str:
-        """Attach the file to the process's engine, retrying with backoff while another
-        process holds it; return its alias. Nested calls in one thread share the attachment."""
+    def _attach(self, eng: duckdb.DuckDBPyConnection, write: bool) -> str:
+        """Attach the file to the process's engine (read-only unless ``write``), retrying with
+        backoff while another process holds it; return its alias. Nested calls in one thread
+        share the attachment (a write inside a read-only one is a programming error)."""
         key = str(self.path.resolve())
         entry = _ATTACHED.get(key)
         if entry is not None:
+            if write and entry[2]:
+                raise RuntimeError(f"{self.path}: a write inside a read-only connection of the same store")
             entry[1] += 1
             return entry[0]
         alias = f"store{next(_ALIASES)}"
         literal = "'" + key.replace("'", "''") + "'"
+        mode = f"ROW_GROUP_SIZE {ROW_GROUP_SIZE}" if write else "READ_ONLY"
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.01
         while True:
             try:
-                eng.execute(f"ATTACH {literal} AS {alias} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+                eng.execute(f"ATTACH {literal} AS {alias} ({mode})")
                 break
             except duckdb.Error as e:  # IOException on lock, others on corrupt files
                 msg = str(e)
@@ -247,8 +416,10 @@ class Store:
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 0.25)
                     continue
-                raise StoreError(f"{self.path}: cannot open the store: {msg.splitlines()[0]}") from e
-        _ATTACHED[key] = [alias, 1]
+                doing = "cannot open the store" + ("" if write or fault(e) != "permission denied"
+                                                   else " even read-only")
+                raise self.error(e, doing) from e
+        _ATTACHED[key] = [alias, 1, not write]
         return alias
 
     def _detach(self, eng: duckdb.DuckDBPyConnection) -> None:
@@ -259,34 +430,73 @@ class Store:
             del _ATTACHED[key]
             # DETACH checkpoints the WAL into the file (as closing a connection does) and
             # releases the file lock, so another process can open it next.
-            eng.execute(f"DETACH {entry[0]}")
+            try:
+                _run_detach(eng, entry[0])
+            except duckdb.Error as e:
+                if not _CHECKPOINT_FAILED.search(str(e)):
+                    raise self.error(e, "closing the store failed") from e
+                # detached, and every commit is in the write-ahead log, replayed on the next
+                # open: the data is saved, the file just was not compacted
+                self.warnings.append(
+                    f"{self.path}: the changes are saved (in the write-ahead log "
+                    f"{self.path.name}.wal), but folding the log into the store file failed: "
+                    f"{self._describe(e)}. The store stays usable; the "
+                    f"log is folded in by the next write once there is room")
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[_Connection]:
+    def connect(self, write: bool = True) -> Iterator[_Connection]:
         """A short-lived connection with the schema checked (and created on first use).
 
         The file is attached for the duration of the ``with`` block only, so the file lock is
         held exactly as long as a connection of its own would hold it. Operations of one
-        process run one at a time (threads wait on a lock, not on the file).
+        process run one at a time (threads wait on a lock, not on the file). ``write=False``
+        attaches an existing store read-only (a new store, or one that must be upgraded, is
+        attached read-write once for that). DuckDB errors that are faults of the file or the
+        disk come out as StoreError.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if write or not self.path.exists():
+            write = True
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise self.error(e, "cannot create the store's folder") from e
         with _ENGINE_LOCK:
             eng = _engine()
-            alias = self._attach(eng)
             try:
-                con = eng.cursor()
-                try:
-                    con.execute(f"USE {alias}")
-                    if not self._ready:
-                        self._ensure_schema(con)
-                        self._ready = True
-                    yield _Connection(con)
-                finally:
-                    con.close()  # rolls back a transaction left open by an exception
-            finally:
-                self._detach(eng)
+                with self._connection(eng, write) as con:
+                    yield con
+            except _NeedsWrite:
+                with self._connection(eng, True) as con:
+                    yield con
+            except duckdb.FatalException as e:
+                _reset_engine()
+                raise self.error(e) from e
+            except duckdb.Error as e:
+                if isinstance(e, _PROGRAMMING):
+                    raise
+                raise self.error(e) from e
+            except OSError as e:
+                raise self.error(e) from e
 
-    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+    @contextlib.contextmanager
+    def _connection(self, eng: duckdb.DuckDBPyConnection, write: bool) -> Iterator[_Connection]:
+        alias = self._attach(eng, write)
+        try:
+            con = eng.cursor()
+            try:
+                con.execute(f"USE {alias}")
+                if not self._ready:
+                    self._ensure_schema(con, write)
+                    self._ready = True
+                if write and _ATTACHED.get(str(self.path.resolve()), [None, 0])[1] == 1:
+                    self._reap_stale_runs(con)
+                yield _Connection(con)
+            finally:
+                con.close()  # rolls back a transaction left open by an exception
+        finally:
+            self._detach(eng)
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection, write: bool = True) -> None:
         try:  # the common case in one cheap query: a store of this version
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row and int(row[0]) == SCHEMA_VERSION:
@@ -307,30 +517,29 @@ class Store:
                     f"store (--store / ${ENV_STORE}). Nothing was changed.")
             if version == SCHEMA_VERSION:
                 return
-            if version == 1:
-                self._migrate_from_1(con)
-                return
         if not has_meta and tables:
             raise StoreError(f"{self.path}: this DuckDB file is not a thinkscope store "
                              f"(it has {len(tables)} other tables); nothing was changed.")
+        if not write:
+            raise _NeedsWrite()
         con.execute("BEGIN")
+        if has_meta and version >= 1:  # an older version: one step per version, one transaction
+            for step in _MIGRATIONS[version - 1:]:
+                step(con)
         con.execute(SCHEMA)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
 
-    def _migrate_from_1(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Version 1 stored each completion's text in traces as well as in its tokens; the
-        text is now derived from the tokens (the `completions(run_id)` macro), so that appending traces
-        never rewrites kilobytes of text per trace at the next checkpoint."""
-        con.execute("BEGIN")
-        con.execute("ALTER TABLE traces DROP COLUMN completion")
-        con.execute(SCHEMA)
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        con.execute("COMMIT")
+    def _reap_stale_runs(self, con) -> None:
+        """Mark 'running' runs whose writer process is gone (killed) as 'interrupted', with the
+        counts of the batches they stored."""
+        for run_id, writer in con.execute("SELECT run_id, writer FROM runs WHERE status = 'running'").fetchall():
+            if writer_gone(writer):
+                _finish(con, run_id, "interrupted")
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """Run one read query and return a DataFrame."""
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             return con.execute(sql, params).df()
 
     def version(self) -> int:
@@ -346,26 +555,24 @@ class Store:
     def create_run(self, name: str, source: str, model: str | None = None,
                    settings: dict | None = None, content_hash: str | None = None,
                    status: str = "running") -> int:
-        """Insert a run row and return its id."""
+        """Insert a run row and return its id. A 'running' run records this process as its
+        writer, so that it is shown as interrupted once the process is gone."""
         with self.connect() as con:
             con.execute("BEGIN")
             run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
             con.execute(
-                "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
+                "writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [run_id, name, source, model, json.dumps(settings or {}, default=str),
-                 datetime.now(timezone.utc).replace(tzinfo=None), status, content_hash])
+                 datetime.now(timezone.utc).replace(tzinfo=None), status, content_hash,
+                 _writer() if status == "running" else None])
             con.execute("COMMIT")
         return int(run_id)
 
     def finish_run(self, run_id: int, status: str = "complete") -> None:
         """Set a run's status and refresh its counts."""
         with self.connect() as con:
-            con.execute(
-                "UPDATE runs SET status = ?, "
-                "n_traces = (SELECT count(*) FROM traces WHERE run_id = ?), "
-                "n_tokens = (SELECT coalesce(sum(n_tokens), 0) FROM traces WHERE run_id = ?) "
-                "WHERE run_id = ?", [status, run_id, run_id, run_id])
+            _finish(con, run_id, status)
 
     def delete_run(self, run_id: int) -> None:
         """Remove a run and everything in it, in one transaction."""
@@ -442,17 +649,23 @@ class Store:
 
     # ------------------------------------------------------------------ queries
     def runs(self) -> pd.DataFrame:
-        """Every run with its counts and mean sequence entropy (nats, best estimator)."""
-        return self.query("""
+        """Every run with its counts and mean sequence entropy (nats, best estimator).
+
+        A 'running' run whose writer process is gone (killed) is shown as 'interrupted'; its
+        counts are those of the batches it stored."""
+        df = self.query("""
             SELECT r.run_id, r.name, r.source, r.model, r.status, r.created_at,
                    count(t.trace_id) AS n_traces, coalesce(sum(t.n_tokens), 0) AS n_tokens,
                    avg(s.mean_entropy) AS mean_entropy, any_value(t.estimator) AS estimator,
-                   r.settings
+                   r.settings, r.writer
             FROM runs r
             LEFT JOIN traces t USING (run_id)
             LEFT JOIN trace_stats s ON s.trace_id = t.trace_id AND s.phase = 'all'
                                    AND s.estimator = t.estimator
             GROUP BY ALL ORDER BY r.run_id""")
+        gone = (df["status"] == "running") & df["writer"].map(writer_gone).astype(bool)
+        df.loc[gone, "status"] = "interrupted"
+        return df.drop(columns=["writer"])
 
     def traces(self, run_id: int, with_completion: bool = False) -> pd.DataFrame:
         """The traces of a run with their sequence entropies by phase (best estimator).
@@ -485,7 +698,7 @@ class Store:
 
     def tokens(self, trace_id: int, with_alternatives: bool = True) -> pd.DataFrame:
         """One row per token of a trace; with the top-k alternatives' text and logprobs."""
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             df = con.execute("SELECT * FROM tokens WHERE trace_id = ? ORDER BY pos", [trace_id]).df()
             if not with_alternatives or df.empty:
                 return df
@@ -536,7 +749,7 @@ class Store:
         w = int(w)
         if w < 1:
             raise ValueError(f"window size must be >= 1, got {w}")
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             tr = con.execute("SELECT trace_id, n_tokens FROM traces WHERE run_id = ? ORDER BY trace_id",
                              [run_id]).fetchnumpy()
             if not len(tr["trace_id"]):
@@ -616,7 +829,7 @@ class Store:
         return self.query("SELECT * FROM runs WHERE content_hash = ?", [content_hash])
 
     def counts(self) -> dict[str, int]:
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                     for t in ("runs", "traces", "tokens")}
 
@@ -629,7 +842,7 @@ class Store:
         Which layers the lists cover is in the trace's metadata (``layer_info``, see
         :meth:`layer_info`). Empty when the trace has no layer records.
         """
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             df = con.execute("SELECT * EXCLUDE (trace_id) FROM token_layers WHERE trace_id = ? ORDER BY pos",
                              [trace_id]).df()
             if df.empty or df["lens_top1"].isna().all():

@@ -7,15 +7,25 @@ import sys
 from .detect import FORMATS
 
 
+#: files smaller than this (bytes) are read in one go: their bar shows no rate, which would be
+#: the rate of one read call, not of the import
+RATE_MIN_BYTES = 8 << 20
+
+
 def _bytes_bar():
-    """A tqdm bar per file, driven by (file name, bytes done, bytes total) callbacks."""
+    """A tqdm bar per file, driven by (file name, bytes done, bytes total) callbacks: bytes read
+    in binary units, and a rate only for files large enough to be read in many steps."""
     from tqdm import tqdm
+
+    from ..cli import printable
     bars: dict[str, tqdm] = {}
 
     def update(name: str, done: int, total: int) -> None:
         bar = bars.get(name)
         if bar is None:
-            bar = bars[name] = tqdm(total=total, desc=name[-30:], unit="B", unit_scale=True, file=sys.stderr)
+            fmt = None if total >= RATE_MIN_BYTES else "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B"
+            bar = bars[name] = tqdm(total=total, desc=printable(name[-30:]), unit="B", unit_scale=True,
+                                    unit_divisor=1024, bar_format=fmt, file=sys.stderr)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -23,18 +33,20 @@ def _bytes_bar():
 
 
 def cmd_ingest(args) -> int:
-    from ..store import Store
+    from ..cli import echo, open_store
     from .ingest import ingest_files
 
+    store = open_store(args)
     field_map = dict(m.split("=", 1) for m in args.map or [])
-    results = ingest_files(Store(args.store), args.files, format=args.format, run_name=args.run_name,
+    results = ingest_files(store, args.files, format=args.format, run_name=args.run_name,
                            progress=_bytes_bar(), model=args.model, field_map=field_map or None,
                            marker=args.marker)
     for r in results:
-        print(f"run {r.run_id} '{r.name}': {r.n_traces} traces, {r.n_tokens} tokens ({r.format}) "
-              f"in {r.seconds:.1f} s")
+        echo(f"run {r.run_id} '{r.name}': {r.n_traces} traces, {r.n_tokens} tokens ({r.format}) "
+             f"in {r.seconds:.1f} s")
         for w in r.warnings:
-            print(f"  warning: {w}", file=sys.stderr)
+            echo(f"  warning: {w}", file=sys.stderr)
+    store.warnings.clear()  # shown with their import above
     return 0
 
 

@@ -30,7 +30,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from ..store import Store, insert_tables, NextIds
+import duckdb
+
+from ..store import Store, StoreError, free_bytes, insert_tables, mb, NextIds
 from ..trace import Trace, TraceError
 from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
@@ -45,6 +47,16 @@ BATCH_TRACES = 1000
 #: DuckDB's memory cap while a staged file is copied into the store
 STAGING_MEMORY = "128MB"
 STAGING_PREFIX = ".staging-"
+#: free space an import needs, for the check before it starts: staged Arrow files and the
+#: store's growth, per byte of input (measured about 0.25 + 0.27 for OpenAI chat JSON Lines with
+#: top-20, doubled for margin; Parquet is compressed, so it expands more), plus a fixed reserve
+#: for DuckDB's blocks, the write-ahead log and the checkpoint
+SPACE_PER_INPUT_BYTE = {"parquet": 3.0}
+SPACE_PER_INPUT_BYTE_DEFAULT = 1.0
+#: the store grows by about the staged bytes when they are inserted (compressed once, but in
+#: new blocks while the old ones are still in use)
+SPACE_PER_STAGED_BYTE = 1.2
+SPACE_RESERVE = 4 << 20
 
 ProgressFn = Callable[[int, int], None]
 
@@ -55,6 +67,13 @@ class DuplicateFileError(TraceError):
     def __init__(self, message: str, run_id: int):
         super().__init__(message)
         self.run_id = run_id
+
+    @classmethod
+    def of(cls, name: str, digest: str, run) -> "DuplicateFileError":
+        """The error for file ``name`` whose hash is that of ``run`` (a row of runs)."""
+        return cls(f"{name}: the very same file (sha256 {digest[:12]}…) was already imported as run "
+                   f"#{int(run['run_id'])} '{run['name']}' on {str(run['created_at'])[:16]}; nothing was imported",
+                   int(run["run_id"]))
 
 
 @dataclass
@@ -110,11 +129,7 @@ class _Duplicates:
             self._checked = True
             dup = self.store.find_run_by_hash(digest) if not self.allow else None
             if dup is not None and not dup.empty:
-                r = dup.iloc[0]
-                raise DuplicateFileError(
-                    f"{self.name}: the very same file (sha256 {digest[:12]}…) was already imported as run "
-                    f"#{int(r.run_id)} '{r['name']}' on {str(r.created_at)[:16]}; nothing was imported",
-                    int(r.run_id))
+                raise DuplicateFileError.of(self.name, digest, dup.iloc[0])
         return digest
 
     def close(self) -> None:
@@ -337,11 +352,16 @@ def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates
     ctx = Context(problems=pr, field_map=field_map, marker=marker, lm=lm, requests=requests)
     info = tables.export_info(path, d.container) if d.format == tables.EXPORT else None
 
-    store.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise store.error(e, "cannot create the store's folder") from e
     _sweep_stale_staging(store)
+    factor = SPACE_PER_INPUT_BYTE.get(d.container, SPACE_PER_INPUT_BYTE_DEFAULT)
+    check_free_space(store, size * factor, f"importing {name} ({mb(size)})")
     staging = store.path.parent / f".{store.path.name}{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        n_traces, n_tokens, first_model = _stage(staging, path, name, d, ctx, size, progress, on_batch,
+        n_traces, n_tokens, first_model = _stage(store, staging, path, name, d, ctx, size, progress, on_batch,
                                                  dups.check)
         digest = dups.check(wait=True)
         if pr.total and ctx.fast_used:
@@ -364,14 +384,28 @@ def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates
                        source=f"upload:{d.format}",
                        model=model or first_model or (lm.name if d.format == plaintext.NAME else None),
                        settings=settings)
-        run_id = _swap(store, staging, run, digest, n_traces, n_tokens)
+        staged = sum(f.stat().st_size for f in staging.iterdir())
+        check_free_space(store, staged * SPACE_PER_STAGED_BYTE, f"storing {name} ({mb(staged)} staged)")
+        if dups.allow:  # content hashes are unique: an allowed duplicate keeps its hash in settings
+            run["settings"] = {**run["settings"], "content_hash": digest}
+        saved = len(store.warnings)
+        run_id = _swap(store, staging, run, None if dups.allow else digest, n_traces, n_tokens, name)
     finally:
         _remove(staging)
     return IngestResult(run_id, run["name"], d.format, n_traces, n_tokens, digest,
-                        time.perf_counter() - t0, list(pr.warnings))
+                        time.perf_counter() - t0, [*pr.warnings, *store.warnings[saved:]])
 
 
-def _stage(staging: Path, path: Path, name: str, d: Detection, ctx: Context, size: int,
+def check_free_space(store: Store, needed: float, what: str) -> None:
+    """Refuse to start what would fill the store's disk (``needed`` bytes, plus SPACE_RESERVE)."""
+    needed = int(needed) + SPACE_RESERVE
+    free = free_bytes(store.path.parent)
+    if free < needed:
+        raise StoreError(f"{store.path}: {what} needs about {mb(needed)} free in {store.path.parent}, "
+                         f"but only {mb(free)} are free; nothing was imported")
+
+
+def _stage(store: Store, staging: Path, path: Path, name: str, d: Detection, ctx: Context, size: int,
            progress: ProgressFn | None, on_batch, check: Callable[[], Any]) -> tuple[int, int, str | None]:
     """Read the file and stage its rows in ``staging``; return (traces, tokens, first model name)."""
     pr = ctx.problems
@@ -404,13 +438,21 @@ def _stage(staging: Path, path: Path, name: str, d: Detection, ctx: Context, siz
         if pending and not pr.total:
             yield pending
 
-    staging.mkdir()
+    @contextlib.contextmanager
+    def staging_writes():  # a full disk (or a folder we may not write) while staging
+        try:
+            yield
+        except OSError as e:
+            raise store.error(e, f"cannot stage {name} in {staging.parent}", "; nothing was imported") from e
+
+    with staging_writes():
+        staging.mkdir()
     # trace ids from 1 in a run of its own (1); _swap moves them past the store's
     ids = NextIds(1, 0, {}, np.empty(0, np.int64) if ctx.vocab is not None else None)
     for n, traces in enumerate(batches()):
         built = ids.build(traces, 1, ctx.vocab)  # ctx.vocab fills up while reading
         for i, (table, rows) in enumerate([*built.tables.items(), *_local_vocab(1, ctx).items()]):
-            with pa.OSFile(str(staging / f"{n:06d}-{i}-{table}.arrow"), "wb") as sink, \
+            with staging_writes(), pa.OSFile(str(staging / f"{n:06d}-{i}-{table}.arrow"), "wb") as sink, \
                     pa.ipc.new_stream(sink, rows.schema) as w:
                 w.write_table(rows)
         counts["written"] += len(built.trace_ids)
@@ -457,9 +499,25 @@ def _local_vocab(run_id: int, ctx: Context) -> dict:
                                "token_id": pa.array(ids, pa.int32()), "text": pa.array(texts, pa.string())})}
 
 
-def _swap(store: Store, staging: Path, run: dict, digest: str, n_traces: int, n_tokens: int) -> int:
-    """Insert the staged rows into the store in one transaction; return the new run's id."""
+def _swap(store: Store, staging: Path, run: dict, digest: str | None, n_traces: int, n_tokens: int,
+          name: str) -> int:
+    """Insert the staged rows into the store in one transaction; return the new run's id.
+
+    The duplicate check is repeated inside the transaction (and the store's unique index on
+    content hashes backs it), so of two imports of one file that were both checked before
+    either committed, exactly one commits and the other raises DuplicateFileError."""
     files = sorted(staging.glob("*.arrow"))
+    try:
+        return _insert_staged(store, files, run, digest, n_traces, n_tokens, name)
+    except duckdb.ConstraintException:
+        dup = store.find_run_by_hash(digest) if digest else None
+        if dup is None or dup.empty:
+            raise
+        raise DuplicateFileError.of(name, digest, dup.iloc[0]) from None
+
+
+def _insert_staged(store: Store, files: list[Path], run: dict, digest: str | None, n_traces: int,
+                   n_tokens: int, name: str) -> int:
     with store.connect() as con:
         # one transaction of the whole file's rows: cap DuckDB's memory for it (the store's
         # engine is shared by the process, so restore the setting after)
@@ -467,6 +525,10 @@ def _swap(store: Store, staging: Path, run: dict, digest: str, n_traces: int, n_
         con.execute(f"SET memory_limit = '{STAGING_MEMORY}'")
         try:
             con.execute("BEGIN")
+            if digest is not None:
+                dup = con.execute("SELECT * FROM runs WHERE content_hash = ?", [digest]).df()
+                if not dup.empty:
+                    raise DuplicateFileError.of(name, digest, dup.iloc[0])
             new_run = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
             off = con.execute("SELECT coalesce(max(trace_id), 0) FROM traces").fetchone()[0]
             con.execute(
