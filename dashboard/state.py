@@ -65,22 +65,153 @@ def cached(fn, *args):
 
 
 def run_label(row) -> str:
-    return f"#{row.run_id} · {row.name} ({int(row.n_traces)} traces)"
+    """'#3 · name (12 traces)' for a row of ``Store.runs`` (an itertuples row or a Series)."""
+    name = row["name"] if isinstance(row, pd.Series) else row.name  # a Series' .name is its index
+    return f"#{row.run_id} · {name} ({int(row.n_traces)} traces)"
 
 
-def select_run(key: str, df: pd.DataFrame | None = None) -> int | None:
-    """A run picker shared by pages; remembers the choice under ``key``."""
+# ---------------------------------------------------------------- the shared run and trace
+#
+# The run and trace a user picked are shared by every page and written to the URL
+# (``?run=3&trace=12``), so a link opens the same view. A page's own picker is seeded from
+# the shared choice before it is drawn and writes back to it only when the user changes it,
+# so a page's default (the newest run, the run with most grades) never becomes the choice
+# of the other pages. A URL value this session did not write is a link being opened.
+
+SHARED_RUN, SHARED_TRACE = "selected.run_id", "selected.trace_id"
+_WRITTEN = "selected.url_written"  # {param: value} as this session last wrote them to the URL
+
+
+def _url_int(param: str) -> int | None | str:
+    """The URL's integer ``param``; None when absent; the raw text when it is not an integer."""
+    raw = st.query_params.get(param)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def _write_url(**values: int | None) -> None:
+    written = st.session_state.setdefault(_WRITTEN, {})
+    for param, v in values.items():
+        if v is None:
+            if param in st.query_params:
+                del st.query_params[param]
+            written.pop(param, None)
+        else:
+            if st.query_params.get(param) != str(v):
+                st.query_params[param] = str(v)
+            written[param] = str(v)
+
+
+def _from_link(param: str):
+    """The URL's value of ``param`` when it comes from a link (not written by this session)."""
+    v = _url_int(param)
+    if v is None or st.session_state.get(_WRITTEN, {}).get(param) == str(v):
+        return None
+    return v
+
+
+def share(run_id: int | None = None, trace_id: int | None = None) -> None:
+    """Make a run (and optionally a trace of it) the choice of every page, e.g. before switch_page."""
+    if run_id is not None:
+        st.session_state[SHARED_RUN] = int(run_id)
+    if trace_id is not None:
+        st.session_state[SHARED_TRACE] = int(trace_id)
+    elif run_id is not None:
+        st.session_state.pop(SHARED_TRACE, None)
+
+
+def forget() -> None:
+    """No shared run or trace any more (the run was deleted): pages fall back to their defaults."""
+    st.session_state.pop(SHARED_RUN, None)
+    st.session_state.pop(SHARED_TRACE, None)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def trace_run(path: str, version: int, trace_id: int) -> int | None:
+    df = Store(path).query("SELECT run_id FROM traces WHERE trace_id = ?", [int(trace_id)])
+    return None if df.empty else int(df["run_id"].iloc[0])
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def graded_counts(path: str, version: int) -> dict[int, int]:
+    """run_id -> number of its traces graded correct or wrong."""
+    df = Store(path).query("SELECT run_id, count(correct) AS n FROM traces GROUP BY run_id")
+    return {int(r): int(n) for r, n in zip(df["run_id"], df["n"])}
+
+
+def most_graded_run(df: pd.DataFrame) -> int | None:
+    """The run with the most graded traces (the newest among equals); None when none is graded."""
+    counts = cached(graded_counts)
+    best = max(df["run_id"].tolist(), key=lambda r: (counts.get(int(r), 0), int(r)), default=None)
+    return None if best is None or counts.get(int(best), 0) == 0 else int(best)
+
+
+def _take_link() -> None:
+    """Adopt a link's run and trace as the shared choice (once, when the URL is opened)."""
+    run = _from_link("run")
+    trace = _from_link("trace")
+    if isinstance(run, str):
+        st.warning(f"The link's run {run!r} is not a run number; showing another run.")
+        run = None
+    if isinstance(trace, str):
+        st.warning(f"The link's trace {trace!r} is not a trace number.")
+        trace = None
+    if trace is not None:
+        owner = cached(trace_run, trace)
+        if owner is None:
+            st.warning(f"The link's trace #{trace} is not in this store.")
+            trace = None
+        elif run is not None and owner != run:
+            st.warning(f"The link's trace #{trace} belongs to run #{owner}, not to run #{run}; showing run "
+                       f"#{run}.")
+            trace = None
+        else:
+            run = owner
+    if run is not None:
+        share(run, trace)
+
+
+def _picked_run(key: str) -> None:
+    share(st.session_state[key])
+
+
+def _picked_trace(key: str, run_id: int) -> None:
+    share(run_id, st.session_state[key])
+
+
+def seed(key: str, value) -> None:
+    """Set a widget's value before it is drawn (only when it differs: no needless 'set' flag)."""
+    if st.session_state.get(key) != value:
+        st.session_state[key] = value
+
+
+def select_run(key: str, df: pd.DataFrame | None = None, default: int | None = None,
+               label: str = "Run") -> int | None:
+    """The run picker of a page: shows the shared run (a link's, else the user's last pick), else
+    ``default``, else the newest run; a pick becomes the shared run and goes into the URL."""
     df = cached(runs) if df is None else df
+    _take_link()
     if df.empty:
         st.info("The store has no runs yet. Load the demo traces with `thinkscope demo`, "
                 "generate with `thinkscope generate`, or upload a trace file.")
         return None
-    ids = df["run_id"].tolist()
-    labels = {r.run_id: run_label(r) for r in df.itertuples()}
-    default = st.session_state.get("selected.run_id")
-    index = ids.index(default) if default in ids else len(ids) - 1
-    run_id = st.selectbox("Run", ids, index=index, format_func=labels.get, key=key)
-    st.session_state["selected.run_id"] = run_id
+    ids = [int(r) for r in df["run_id"]]
+    labels = {int(r.run_id): run_label(r) for r in df.itertuples()}
+    shared = st.session_state.get(SHARED_RUN)
+    if shared is not None and shared not in ids:
+        st.warning(f"Run #{shared} is not in this store (deleted, or a link to another store); "
+                   "showing another run.")
+        forget()
+        shared = None
+    wanted = shared if shared is not None else default if default in ids else ids[-1]
+    seed(key, wanted)
+    run_id = st.selectbox(label, ids, format_func=labels.get, key=key, on_change=_picked_run,
+                          args=(key,))
+    _write_url(run=run_id, trace=st.session_state.get(SHARED_TRACE))
     return run_id
 
 
@@ -109,9 +240,30 @@ def trace_label(row, with_entropy: bool = True) -> str:
 
 
 def select_trace(traces: pd.DataFrame, key: str, with_entropy: bool = True):
-    """A trace picker over ``traces`` that follows the explorer's current trace."""
-    ids = traces["trace_id"].tolist()
-    by_id = {r.trace_id: r for r in traces.itertuples()}
-    wanted = st.session_state.get("explorer.trace_id")
-    return st.selectbox("Trace", ids, index=ids.index(wanted) if wanted in ids else 0,
-                        format_func=lambda t: trace_label(by_id[t], with_entropy), key=key)
+    """A trace picker over ``traces`` (one run's) showing the shared trace, else the first; a pick
+    becomes the shared trace and goes into the URL. Its key is scoped by run and unit, since its
+    labels depend on both."""
+    ids = [int(t) for t in traces["trace_id"]]
+    by_id = {int(r.trace_id): r for r in traces.itertuples()}
+    run_id = int(traces["run_id"].iloc[0])
+    scoped = f"{key}.{run_id}.{unit() if with_entropy else ''}"
+    shared = st.session_state.get(SHARED_TRACE)
+    seed(scoped, shared if shared in ids else ids[0])  # a page may offer a subset (Layers)
+    trace_id = st.selectbox("Trace", ids, format_func=lambda t: trace_label(by_id[t], with_entropy),
+                            key=scoped, on_change=_picked_trace, args=(scoped, run_id))
+    _write_url(run=run_id, trace=trace_id)
+    return trace_id
+
+
+def valid_selection(key: str, options) -> None:
+    """Drop the remembered values of a multiselect that are not among its current options."""
+    if key in st.session_state:
+        kept = [v for v in st.session_state[key] if v in set(options)]
+        if kept != list(st.session_state[key]):
+            st.session_state[key] = kept
+
+
+def valid_choice(key: str, options) -> None:
+    """Forget a widget's remembered value when it is not among its current options."""
+    if key in st.session_state and st.session_state[key] not in set(options):
+        del st.session_state[key]

@@ -23,6 +23,13 @@ def _page(name, store) -> AppTest:
     return at
 
 
+def tau_slider(at):
+    """The early-stop threshold slider (its key is scoped by run, estimator, rule and unit)."""
+    found = [s for s in at.slider if s.label.startswith("Threshold τ")]
+    assert len(found) == 1, [s.label for s in at.slider]
+    return found[0]
+
+
 def _no_errors(at):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -66,7 +73,7 @@ def test_early_stop_page_gate_and_streaming(graded_store):
     assert any("tokens saved" in lab for lab in labels)
     assert len(at.get("plotly_chart")) >= 3
     before = [m.value for m in at.metric if "tokens saved" in m.label]
-    slider = at.slider(key="early_stop.tau.nats")
+    slider = tau_slider(at)
     slider.set_value(slider.max).run()
     _no_errors(at)
     after = [m.value for m in at.metric if "tokens saved" in m.label]
@@ -98,7 +105,7 @@ def test_early_stop_page_in_bits(graded_store):
     at.session_state["unit"] = "bits"
     at.run()
     _no_errors(at)
-    assert at.slider(key="early_stop.tau.bits").label.startswith("Threshold τ (bits")
+    assert tau_slider(at).label.startswith("Threshold τ (bits")
     assert any(m.value.endswith("bits") for m in at.metric if m.label == "τ_mean")
 
 
@@ -111,7 +118,7 @@ def test_early_stop_page_replay_with_a_model(graded_store, tiny_lm, monkeypatch)
     monkeypatch.setattr(models, "load_model", lambda name=None, **kw: tiny_lm)
     at = _page("early_stop.py", graded_store).run()
     at.radio(key="early_stop.mode").set_value("streaming").run()
-    slider = at.slider(key="early_stop.tau.nats")
+    slider = tau_slider(at)
     slider.set_value(slider.max).run()
     _no_errors(at)
     at.number_input(key="early_stop.answer_tokens").set_value(2).run()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 
 import pandas as pd
 import streamlit as st
@@ -13,6 +12,9 @@ from analysis import metrics
 from analysis.store import Store
 from dashboard import charts_difficulty as charts
 from dashboard import state
+from dashboard.text import md
+
+MIN_BIN = 5  # traces a bin needs before its mean is compared with another bin's
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -26,6 +28,26 @@ def parse_edges(text: str) -> tuple[float, ...] | None:
     return tuple(float(p) for p in parts) if parts else None
 
 
+def bin_table(s: pd.DataFrame, unit: str, scale: float, estimator: str, phase: str) -> pd.DataFrame:
+    """The per-bin table as shown: named quantities, accuracy in %, a missing interval as '—' with why."""
+    def ci(v, n):
+        return f"{v * scale:.3f}" if pd.notna(v) else ("— (one trace)" if n < 2 else "—")
+
+    def acc(v, graded):
+        return f"{100 * v:.1f}" if pd.notna(v) else ("— (none graded)" if graded == 0 else "—")
+
+    return pd.DataFrame({
+        "bin": s["bin"].astype(str),
+        "traces": s["count"].astype(int),
+        f"mean H ({unit}, {estimator}, {phase} tokens)": (s["mean_entropy"] * scale).round(3),
+        "95% CI low": [ci(v, n) for v, n in zip(s["ci_low"], s["count"])],
+        "95% CI high": [ci(v, n) for v, n in zip(s["ci_high"], s["count"])],
+        "accuracy (% of graded)": [acc(v, g) for v, g in zip(s["accuracy"], s["graded"])],
+        "graded": s["graded"].astype(int),
+        "mean length (tokens)": s["mean_tokens"].round(1),
+    })
+
+
 st.title("Difficulty and the U-shape")
 st.caption("DiffAdapt (arXiv 2510.19669) reports mean trace entropy that is high on easy problems, lower on "
            "medium ones and high again on hard ones (a 22-25% drop from easy to medium). Test it on your runs: "
@@ -33,7 +55,8 @@ st.caption("DiffAdapt (arXiv 2510.19669) reports mean trace entropy that is high
            "(ARES buckets, arXiv 2510.08457: ≥ 2/3 easy, ≥ 1/3 medium, else hard).")
 
 runs = state.cached(state.runs)
-run_a = state.select_run("difficulty.run_a", runs)
+# opens on the run with the most graded traces, unless the user has chosen one
+run_a = state.select_run("difficulty.run_a", runs, default=state.most_graded_run(runs))
 if run_a is None:
     st.stop()
 labels = {r.run_id: state.run_label(r) for r in runs.itertuples()}
@@ -42,7 +65,7 @@ compare = st.checkbox("Compare with a second run (another model or temperature)"
                       disabled=not others)
 run_ids = [int(run_a)]
 if compare and others:
-    run_b = st.selectbox("Second run", others, format_func=labels.get, key="difficulty.run_b")
+    run_b = st.selectbox("Second run", others, format_func=labels.get, key=f"difficulty.run_b.{run_a}")
     run_ids.append(int(run_b))
 
 with st.expander("Re-grade the first run (when the answer-extraction rule changes)"):
@@ -58,7 +81,7 @@ with st.expander("Re-grade the first run (when the answer-extraction rule change
             counts = grading.regrade_run(state.store(), int(run_a),
                                          grading.GradingRule(rule_name, regex or None, rel_tol, abs_tol))
         except ValueError as e:  # GradingError: a bad rule or regular expression
-            st.error(str(e))
+            st.error(md(e))
         else:
             st.success(f"{counts['correct']} correct, {counts['wrong']} wrong, {counts['ungraded']} ungraded "
                        "(an answer that cannot be extracted is ungraded, never wrong).")
@@ -95,7 +118,7 @@ try:
     binning = dif.Binning(axis, edges, bin_labels if edges else None, int(min_samples))
     binned, summary = dif.difficulty_table(stats, estimator, phase, binning)
 except ValueError as e:  # DifficultyError and bad numbers in the edges
-    st.error(str(e))
+    st.error(md(e))
     st.stop()
 
 if summary.empty:
@@ -114,32 +137,42 @@ cols = st.columns(len(run_ids))
 for col, rid in zip(cols, run_ids):
     s = summary[summary.run_id == rid]
     with col:
-        st.markdown(f"**{html.escape(labels.get(rid, f'run {rid}'))}**")
+        st.markdown(f"**{md(labels.get(rid, f'run {rid}'))}**")
         if s.empty:
             st.info("No binned traces in this run.")
             continue
         names = s.sort_values("bin_order")["bin"].tolist()
         u0 = dif.u_shape(summary, rid)
         e1, e2 = st.columns(2)
+        # the bins depend on the binning: a remembered bin that no longer exists is forgotten
+        for which in ("easy", "medium"):
+            state.valid_choice(f"difficulty.{which}.{rid}", names)
         easy = e1.selectbox("easy bin", names, index=names.index(u0.easy), key=f"difficulty.easy.{rid}")
         medium = e2.selectbox("medium bin", names, index=names.index(u0.medium), key=f"difficulty.medium.{rid}")
         u = dif.u_shape(summary, rid, easy, medium)
-        st.metric(f"entropy change {easy} → {medium}",
-                  "n/a" if pd.isna(u.change_pct) else f"{u.change_pct:+.1f}%",
-                  help="100 × (H_medium − H_easy) / H_easy, mean sequence entropy; DiffAdapt reports −22..−25%.")
-        if u.u_shape is True:
-            st.success(f"U-shape: the lowest entropy is in {u.lowest}, and both end bins lie above it "
+        counts = dict(zip(s["bin"], s["count"].astype(int)))
+        small = [b for b in names if counts[b] < MIN_BIN]
+        pair_small = [b for b in (easy, medium) if counts[b] < MIN_BIN]
+        change_label = f"entropy change {md(easy)} → {md(medium)} (mean H, {estimator})"
+        if pair_small:
+            st.metric(change_label, "—", help=f"Not computed: {md(', '.join(pair_small))} has fewer than {MIN_BIN} "
+                                              "traces, too few for a mean to compare.")
+        else:
+            st.metric(change_label, "n/a" if pd.isna(u.change_pct) else f"{u.change_pct:+.1f}%",
+                      help="100 × (H_medium − H_easy) / H_easy, mean sequence entropy; DiffAdapt reports "
+                           "−22..−25%.")
+        if small:
+            st.warning(f"No verdict: {len(small)} bin(s) hold fewer than {MIN_BIN} traces ("
+                       + ", ".join(f"{md(b)}: {counts[b]}" for b in small)
+                       + "). Sample more traces per problem, or merge bins with the bin edges above.")
+        elif u.u_shape is True:
+            st.success(f"U-shape: the lowest entropy is in {md(u.lowest)}, and both end bins lie above it "
                        "(95% intervals apart).")
         elif u.u_shape is False:
-            st.warning("No U-shape on this run: " + "; ".join(u.notes))
+            st.warning("No U-shape on this run: " + md("; ".join(u.notes)))
         else:
-            st.info("; ".join(u.notes))
-        table = s[["bin", "count", "mean_entropy", "ci_low", "ci_high", "accuracy", "graded", "mean_tokens"]].copy()
-        for c in ("mean_entropy", "ci_low", "ci_high"):
-            table[c] = table[c] * scale
-        table = table.rename(columns={"mean_entropy": f"mean H ({unit})", "ci_low": "95% CI low",
-                                      "ci_high": "95% CI high", "mean_tokens": "mean tokens"})
-        st.dataframe(table, hide_index=True, width="stretch")
+            st.info(md("; ".join(u.notes)))
+        st.dataframe(bin_table(s, unit, scale, estimator, phase), hide_index=True, width="stretch")
 
 excluded = int(binned["bin"].isna().sum())
 if excluded:

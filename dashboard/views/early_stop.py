@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 
 import numpy as np
@@ -14,6 +13,7 @@ from analysis import metrics
 from analysis.store import ENTROPY_COLUMNS, Store, json_settings
 from dashboard import charts_difficulty as charts
 from dashboard import state
+from dashboard.text import md
 
 MAX_DRAWN = 8  # traces drawn with their stop positions
 
@@ -72,7 +72,8 @@ st.caption("Think Just Enough (arXiv 2510.08146): stop reasoning when the model 
            "which case your model is.")
 
 runs = state.cached(state.runs)
-run_id = state.select_run("early_stop.run", runs)
+# opens on the run with the most graded traces, unless the user has chosen one
+run_id = state.select_run("early_stop.run", runs, default=state.most_graded_run(runs))
 if run_id is None:
     st.stop()
 s = state.store()
@@ -92,7 +93,8 @@ if n_graded < 2:
 unit = state.unit()
 scale = 1 / metrics.LN2 if unit == "bits" else 1.0
 c1, c2, c3, c4 = st.columns([1.2, 1.4, 1, 1])
-estimator = c1.selectbox("Estimator", estimators, key="early_stop.estimator",
+# keys scoped by what their options and values depend on: a switch starts from this run's defaults
+estimator = c1.selectbox("Estimator", estimators, key=f"early_stop.estimator.{run_id}",
                          help="\n".join(f"- **{e}**: {metrics.ESTIMATORS[e]}" for e in estimators))
 mode = c2.radio("Rule", list(es.MODES), horizontal=True, key="early_stop.mode",
                 format_func={"gate": "confidence gate", "streaming": "streaming stop"}.get,
@@ -115,7 +117,7 @@ seed = int(c6.number_input("Split seed", 0, 10_000, 0, key="early_stop.seed"))
 try:
     models = state.cached(build_models, int(run_id), estimator, mode, k, min_tokens, budget, n_calib, seed)
 except es.EarlyStopError as e:
-    st.error(str(e))
+    st.error(md(e))
     st.stop()
 
 n_ungraded = len(traces) - n_graded
@@ -136,7 +138,7 @@ try:
     th = es.thresholds(signal_all[calib_mask], rt_all.correct[calib_mask])
 except es.EarlyStopError as e:
     th = None
-    st.warning(str(e))
+    st.warning(md(e))
 
 marks = {} if th is None else {"τ_mean": th.tau_mean, "τ_info": th.tau_info}
 m1, m2, m3, m4 = st.columns(4)
@@ -156,11 +158,16 @@ lo, hi = es.tau_range(models["all"])
 lo_d, hi_d = float(np.floor(lo * scale * 1000) / 1000), float(np.ceil(hi * scale * 1000) / 1000)
 if hi_d <= lo_d:
     hi_d = lo_d + 0.001
-tau_key = f"early_stop.tau.{unit}"
-default = th.tau_info * scale if th is not None and math.isfinite(th.tau_info) else (lo_d + hi_d) / 2
-if tau_key not in st.session_state:
-    st.session_state[tau_key] = float(np.clip(default, lo_d, hi_d))
-st.session_state[tau_key] = float(np.clip(st.session_state[tau_key], lo_d, hi_d))
+# τ belongs to a run, estimator and rule; it is kept in nats so that a unit switch keeps it
+tau_scope = f"{run_id}.{estimator}.{mode}"
+tau_key, tau_nats_key = f"early_stop.tau.{tau_scope}.{unit}", f"early_stop.tau_nats.{tau_scope}"
+if tau_nats_key in st.session_state:
+    start = st.session_state[tau_nats_key] * scale
+elif th is not None and math.isfinite(th.tau_mean):
+    start = th.tau_mean * scale
+else:
+    start = (lo_d + hi_d) / 2
+state.seed(tau_key, float(np.clip(st.session_state.get(tau_key, start), lo_d, hi_d)))
 
 
 def _set_tau(v: float) -> None:
@@ -174,6 +181,7 @@ if th is not None:
     b2.button("τ = τ_mean", on_click=_set_tau, args=(th.tau_mean,), key="early_stop.use_mean")
     b3.button("τ = τ_info", on_click=_set_tau, args=(th.tau_info,), key="early_stop.use_info")
 tau = tau_disp / scale
+st.session_state[tau_nats_key] = tau
 
 curves = {name: models[name].curve() for name in ("calibration", "held-out") if name in models}
 points = {name: {**models[name].point(tau), "tau": tau} for name in curves}
@@ -198,19 +206,23 @@ with st.expander("Calibration traces: signal by correctness"):
 
 # ---------------------------------------------------------------- stop positions
 st.subheader("Stop positions")
-graded_idx = np.flatnonzero(~np.isnan(rt_all.correct))
 m_all = models["all"]
 stops_all = m_all.stops(tau)
-choices = list(range(min(len(graded_idx), 200)))
-label_of = {i: f"trace {int(m_all.rt.trace_ids[i])} ({'✓' if m_all.rt.correct[i] > 0.5 else '✗'}, "
-               f"{int(m_all.rt.lengths[i])} tokens)" for i in choices}
-picked = st.multiselect("Traces to draw", choices, default=choices[: min(4, len(choices))],
-                        format_func=label_of.get, key="early_stop.drawn", max_selections=MAX_DRAWN)
+# options are this run's trace ids, under a key of this run: no other run's pick can show up here
+row_of = {int(t): i for i, t in enumerate(m_all.rt.trace_ids[:200])}
+label_of = {t: f"trace {t} ({'✓' if m_all.rt.correct[i] > 0.5 else '✗'}, {int(m_all.rt.lengths[i])} tokens)"
+            for t, i in row_of.items()}
+drawn_key = f"early_stop.drawn.{run_id}"
+state.valid_selection(drawn_key, label_of)
+picked = st.multiselect("Traces to draw", list(label_of), default=None if drawn_key in st.session_state
+                        else list(label_of)[:4], format_func=lambda t: label_of.get(t, f"trace {t}"),
+                        key=drawn_key, max_selections=MAX_DRAWN)
 running = es.running_mean(m_all.rt, k if mode == "streaming" else budget)
 drawn = []
-for i in picked:
+for t in picked:
+    i = row_of[t]
     o, n = m_all.rt.offsets[i], m_all.rt.lengths[i]
-    drawn.append({"label": label_of[i], "h": m_all.rt.h[o: o + n], "running": running[o: o + n],
+    drawn.append({"label": label_of[t], "h": m_all.rt.h[o: o + n], "running": running[o: o + n],
                   "stop": int(stops_all[i])})
 st.plotly_chart(charts.stop_positions_figure(drawn, tau, unit, estimator, k if mode == "streaming" else budget,
                                              min_tokens if mode == "streaming" else budget),
@@ -230,7 +242,7 @@ replay_key = ("early_stop.replay", int(run_id), estimator, mode, k, min_tokens, 
               answer_tokens)
 done: list = st.session_state.setdefault(str(replay_key), [])
 if why_not:
-    st.info(f"Replay is not available for this run ({html.escape(why_not)}). The accuracy above is the "
+    st.info(f"Replay is not available for this run ({md(why_not)}). The accuracy above is the "
             "estimate described under the curves.")
 elif not stop_map:
     st.info("No trace stops early at this threshold: nothing to replay.")
@@ -282,7 +294,7 @@ if up is not None:
         loaded = es.EarlyStopConfig.from_json(up.getvalue().decode("utf-8", "replace"), up.name)
         loaded.check_compatible(model_name or "unknown", estimator)
     except es.EarlyStopError as e:
-        st.error(str(e))
+        st.error(md(e))
     else:
-        st.success(f"{html.escape(up.name)}: τ = {loaded.rule.tau * scale:.3f} {unit} ({loaded.rule.mode}).")
+        st.success(f"{md(up.name)}: τ = {loaded.rule.tau * scale:.3f} {unit} ({loaded.rule.mode}).")
         st.button("Apply its τ", on_click=_set_tau, args=(loaded.rule.tau,), key="early_stop.apply")

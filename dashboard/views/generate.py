@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis import grading
 from analysis.errors import ThinkscopeError
 from analysis.problems import ANSWER_CUE, generate_problem_set
 from analysis.record import GenerationSettings, Prompt, record_run
 from dashboard import state
+from dashboard.text import md
+
+PENDING = "generate.pending"  # the run being generated: {"after": newest run id before it, "name": ...}
+RESULT = "generate.result"    # the last run generated here, as shown under the button
 
 st.title("Generate traces")
 st.caption("Runs a local transformers model and records, per token, the full-vocabulary entropy, "
            "the chosen token's logprob and the top-k alternatives. Each batch is stored as it finishes: "
-           "stopping the page keeps the finished traces (the run is marked 'interrupted').")
+           "**Stop** ends the run after the current batch and keeps the finished traces (the run is "
+           "marked 'interrupted').")
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
@@ -21,6 +27,41 @@ def get_model(spec: str):
     return load_model(spec or None)
 
 
+def settle_pending() -> None:
+    """A run whose script was interrupted (Stop, or any other click) has ended: say what was kept."""
+    pending = st.session_state.pop(PENDING, None)
+    if pending is None:
+        return
+    st.cache_data.clear()
+    runs = state.store().runs()
+    mine = runs[(runs["run_id"] > pending["after"]) & (runs["name"] == pending["name"])]
+    if mine.empty:
+        st.session_state[RESULT] = {"run_id": None}
+        return
+    r = mine.iloc[-1]
+    st.session_state[RESULT] = {"run_id": int(r["run_id"]), "n_traces": int(r["n_traces"]),
+                                "n_tokens": int(r["n_tokens"]), "status": str(r["status"]), "seconds": None}
+
+
+def show_result() -> None:
+    res = st.session_state.get(RESULT)
+    if res is None:
+        return
+    if res["run_id"] is None:
+        st.warning("Stopped before the run was created: nothing was stored.")
+        return
+    what = f"Run #{res['run_id']}: {res['n_traces']} traces, {res['n_tokens']} tokens"
+    if res["status"] == "complete":
+        st.success(what + (f" in {res['seconds']:.1f} s." if res["seconds"] is not None else "."))
+    else:
+        st.warning(f"{what} kept; the run was stopped and is marked '{res['status']}'.")
+    if res["n_traces"] and st.button("Open in the trace explorer", key="generate.open"):
+        state.share(res["run_id"])
+        st.switch_page("views/explorer.py")
+
+
+settle_pending()
+
 source = st.radio("Prompts", ["bundled problems", "my prompts"], horizontal=True, key="generate.source")
 if source == "bundled problems":
     c1, c2 = st.columns(2)
@@ -28,11 +69,15 @@ if source == "bundled problems":
     seed_p = c2.number_input("Problem seed", 0, 10_000, 0, key="generate.problem_seed")
     prompts = [p.to_prompt() for p in generate_problem_set(per_level=int(per_level), seed=int(seed_p))]
     marker_default = ANSWER_CUE
+    auto_name = f"arithmetic problems · {int(per_level)} per level · seed {int(seed_p)}"
 else:
     text = st.text_area("One prompt per line", "What is 17 + 25? Think step by step.", height=120,
                         key="generate.prompts")
     prompts = [Prompt(line.strip()) for line in text.splitlines() if line.strip()]
     marker_default = "</think>"
+    first = prompts[0].text if prompts else ""
+    auto_name = (f"{first[:40]}…" if len(first) > 40 else first) + (f" (+{len(prompts) - 1} prompts)"
+                                                                    if len(prompts) > 1 else "")
 
 with st.expander("Model and sampling", expanded=False):
     model_spec = st.text_input("Model (folder, .gguf file or cached hub id; empty = embedded SmolLM2-135M-Instruct)",
@@ -42,33 +87,56 @@ with st.expander("Model and sampling", expanded=False):
     top_p = c2.number_input("Top-p", 0.05, 1.0, 0.95, 0.05, key="generate.top_p")
     max_tokens = c3.number_input("Max new tokens", 8, 4096, 128, 8, key="generate.max_tokens")
     samples = c4.number_input("Samples per prompt", 1, 32, 1, key="generate.samples")
-    c5, c6, c7 = st.columns(3)
+    c5, c6, c7, c8 = st.columns(4)
     greedy = c5.toggle("Greedy decoding", False, key="generate.greedy")
     seed = c6.number_input("Seed", 0, 1_000_000, 0, key="generate.seed")
     marker = c7.text_input("End-of-thinking marker", marker_default, key=f"generate.marker.{source}")
-    c8, c9 = st.columns(2)
-    lens = c8.toggle("Record logit-lens entropy per layer (slower)", False, key="generate.lens",
-                     help="Entropy-Lens (arXiv 2502.16570): every layer's entropy and top-1 token; Layers page.")
-    attn = c9.toggle("Record attention entropy per layer (slower)", False, key="generate.attn",
-                     help="Per layer, mean over heads, raw and normalised by ln(t+1); Layers page.")
-name = st.text_input("Run name", f"{source} · browser", key="generate.name")
+    batch_size = c8.number_input("Batch size (traces stored together; Stop ends after one)", 1, 64, 8,
+                                 key="generate.batch_size")
 
-st.write(f"{len(prompts)} prompt(s) × {int(samples)} sample(s) = **{len(prompts) * int(samples)} traces**")
-if st.button("Generate", type="primary", disabled=not prompts, key="generate.go"):
+with st.expander("Per-layer records (Layers page; slower)", expanded=False):
+    c1, c2 = st.columns(2)
+    lens = c1.toggle("Logit-lens entropy per layer (--logit-lens)", False, key="generate.lens",
+                     help="Entropy-Lens (arXiv 2502.16570): every layer's entropy and top-1 token.")
+    lens_every = c1.number_input("Keep every N-th layer (--lens-every; the last is always kept)", 1, 64, 1,
+                                 key="generate.lens_every", disabled=not lens)
+    attn = c2.toggle("Attention entropy per layer (--attention-entropy)", False, key="generate.attn",
+                     help="Per layer, mean over heads, raw and normalised by ln(t+1).")
+    head_layer = c2.number_input("Layer whose per-head entropy is kept (--head-layer; 0 = the middle one)",
+                                 0, 256, 0, key="generate.head_layer", disabled=not attn)
+
+name = st.text_input("Run name (empty: named after the prompts)", "", placeholder=auto_name,
+                     key="generate.name").strip() or auto_name
+
+graded = source == "bundled problems"
+st.write(f"{len(prompts)} prompt(s) × {int(samples)} sample(s) = **{len(prompts) * int(samples)} traces**"
+         + (" (graded against the problems' answers)" if graded else ""))
+go = st.button("Generate", type="primary", disabled=not prompts, key="generate.go")
+if go:
+    st.session_state.pop(RESULT, None)
     settings = GenerationSettings(temperature=float(temperature), top_p=float(top_p),
                                   max_new_tokens=int(max_tokens), seed=int(seed), samples=int(samples),
-                                  do_sample=not greedy, marker=marker or "</think>",
-                                  logit_lens=lens, attention_entropy=attn)
+                                  do_sample=not greedy, marker=marker or "</think>", batch_size=int(batch_size),
+                                  logit_lens=lens, lens_every=int(lens_every), attention_entropy=attn,
+                                  head_layer=int(head_layer) or None)
+    # Stop reruns the page; the rerun interrupts this script at its next progress update, which
+    # comes after a batch is stored, and the run is marked 'interrupted' (record_run)
+    stop = st.empty()
+    stop.button("Stop after this batch", key="generate.stop")
     try:
         lm = get_model(model_spec.strip())
         bar = st.progress(0.0, text="generating ...")
+        st.session_state[PENDING] = {"after": max(state.store().runs()["run_id"], default=0), "name": name}
         res = record_run(state.store(), lm, prompts, settings, name, source="generate",
+                         on_traces=grading.grade_traces if graded else None,
                          progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d} / {t} traces"))
     except ThinkscopeError as e:
-        st.error(str(e))
-    else:
+        st.session_state.pop(PENDING, None)
+        st.error(md(e))
+    else:  # an interruption (Stop) leaves PENDING for the next run to settle
+        st.session_state.pop(PENDING, None)
         st.cache_data.clear()
-        st.success(f"Run #{res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s.")
-        st.session_state["selected.run_id"] = res.run_id
-        if st.button("Open in the trace explorer", key="generate.open"):
-            st.switch_page("views/explorer.py")
+        st.session_state[RESULT] = {"run_id": res.run_id, "n_traces": res.n_traces, "n_tokens": res.n_tokens,
+                                    "status": res.status, "seconds": res.seconds}
+    stop.empty()
+show_result()  # also on the next run, so that its button works

@@ -43,18 +43,18 @@ if not stats.empty:
     stats = stats.assign(label=stats["run_id"].map(labels), value=state.convert(stats["mean_entropy"]))
     st.plotly_chart(charts.run_entropy_box(stats, unit), width="stretch")
 
-with st.expander("Run details and settings"):
-    run_id = st.selectbox("Run", runs["run_id"].tolist(), index=len(runs) - 1,
-                          format_func=lambda r: state.run_label(runs.loc[runs.run_id == r].iloc[0]),
-                          key="runs.detail")
+with st.expander("Run details and settings", expanded=state.SHARED_RUN in st.session_state):
+    run_id = state.select_run("runs.detail", runs)
     st.json(json_settings(runs.loc[runs.run_id == run_id, "settings"].iloc[0]))
     c1, c2 = st.columns(2)
     if c1.button("Open in the trace explorer", key="runs.open"):
-        st.session_state["selected.run_id"] = run_id
+        state.share(run_id)
         st.switch_page("views/explorer.py")
     with c2.popover("Delete run"):
         st.write("This removes the run and all its traces from the store.")
         if st.button("Delete for good", type="primary", key="runs.delete"):
             state.store().delete_run(int(run_id))
+            if st.session_state.get(state.SHARED_RUN) == run_id:
+                state.forget()
             st.cache_data.clear()
             st.rerun()
