@@ -81,13 +81,14 @@ def stage(upload, session_id: str) -> Staged:
     return Staged(sid, name, path, path.stat().st_size, h.hexdigest())
 
 
-def release(upload, session_id: str) -> None:
+def release(upload) -> None:
     """Drop Streamlit's in-memory copy of an upload that is staged on disk."""
-    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+    ctx = get_script_run_ctx()
     file_id = getattr(upload, "file_id", None)
-    if file_id and runtime.exists():
-        runtime.get_instance().uploaded_file_mgr.remove_file(session_id, file_id)
+    if ctx is not None and file_id:
+        ctx.uploaded_file_mgr.remove_file(ctx.session_id, file_id)
 
 
 def discard(staged: Staged) -> None:

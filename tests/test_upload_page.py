@@ -118,3 +118,79 @@ def test_browser_upload_opens_the_new_trace(store, tmp_path):
         assert page.locator("img[src='x']").count() == 0 and not dialogs
         page.screenshot(path=str(tmp_path / "upload-explorer.png"), full_page=True)
     assert store.runs()["name"].tolist() == ["xss_tokens"]
+
+
+def staged_files(at) -> list[Path]:
+    return [s.path for s in at.session_state["upload.staged"].values()]
+
+
+def test_upload_each_file_is_its_own_import(monkeypatch, store):
+    from analysis.formats import ingest_file
+    first = ingest_file(store, FIX / "token_table.csv")
+    at = upload_page(monkeypatch, store)
+    bad = (FIX / "openai_chat.jsonl").read_bytes().replace(b'"logprob": -0.2,', b'"logprob": "abc",', 1)
+    at.file_uploader(key="upload.files").set_value(
+        [("broken.jsonl", bad, "application/json"), *files("xss_tokens.jsonl", "token_table.csv")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    # before any import: the duplicate is recognised, the broken file named, the good one has its own name
+    assert f"already imported as run #{first.run_id}" in at.warning[0].value.replace("\\", "")
+    assert "broken.jsonl line 1" in " ".join(e.value for e in at.error).replace("\\", "")
+    names = [t for t in at.text_input if t.label == "Run name"]
+    assert [t.value for t in names] == ["xss_tokens"]  # only the importable file has a run name
+    assert at.button(key="upload.import").label == "Import" and not at.button(key="upload.import").disabled
+    names[0].set_value("my run")
+    at.button(key="upload.import").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    runs = store.runs()
+    assert runs["name"].tolist() == ["token_table", "my run"]  # the good file, under its own name
+    done = " ".join(s.value for s in at.success).replace("\\", "")
+    assert f"xss_tokens.jsonl: imported as run #{int(runs.run_id.iloc[-1])} 'my run', 1 traces" in done
+    # the broken file and the duplicate stay listed, with their status; nothing is left to import
+    assert sorted(s.name for s in at.session_state["upload.staged"].values()) == ["broken.jsonl", "token_table.csv"]
+    assert "broken.jsonl line 1" in " ".join(e.value for e in at.error).replace("\\", "")
+    assert at.button(key="upload.import").disabled
+
+
+def test_upload_stages_on_disk_and_cleans_up(monkeypatch, store):
+    from dashboard import uploads
+    at = upload_page(monkeypatch, store)
+    before = set(Path(uploads.tempfile.gettempdir()).glob("thinkscope-upload*"))
+    at.file_uploader(key="upload.files").set_value(files("openai_chat.jsonl", "xss_tokens.jsonl"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    paths = staged_files(at)
+    assert [p.read_bytes() for p in paths] == [(FIX / n).read_bytes() for n in ("openai_chat.jsonl", "xss_tokens.jsonl")]
+    session = paths[0].parent
+    assert session.parent == uploads.process_dir() and all(p.parent == session for p in paths)
+    # the uploader was replaced by an empty one and Streamlit no longer holds the bytes
+    assert at.file_uploader(key="upload.files.1").value in (None, [])
+    assert "upload.files" not in at.session_state
+    for _ in range(3):  # reruns make no folders
+        at.run()
+    assert set(Path(uploads.tempfile.gettempdir()).glob("thinkscope-upload*")) == before
+    assert list(session.iterdir()) and list(uploads.process_dir().iterdir()).count(session) == 1
+    at.button(key=f"upload.remove.{next(iter(at.session_state['upload.staged']))}").click()
+    at.run()
+    assert not paths[0].exists() and paths[1].exists()
+    at.button(key="upload.import").click()
+    at.run()
+    assert at.title[0].value == "Trace explorer"
+    assert not paths[1].exists()
+
+
+def test_sweep_removes_ended_sessions_and_dead_servers(tmp_path, monkeypatch):
+    from dashboard import uploads
+    monkeypatch.setattr(uploads, "ROOT", tmp_path / "uploads")
+    live, ended = uploads.session_dir("live-session"), uploads.session_dir("ended-session")
+    (ended / "a.jsonl").write_text("{}")
+    dead = uploads.ROOT / "999999999"  # no such process
+    (dead / "s").mkdir(parents=True)
+    since: dict[str, float] = {}
+    active = {"live-session"}.__contains__
+    assert uploads.sweep(active, since, now=100.0, grace=120.0) == [dead]  # ended: within its grace
+    assert ended.exists() and live.exists()
+    assert uploads.sweep(active, since, now=219.0, grace=120.0) == []
+    assert uploads.sweep(active, since, now=220.0, grace=120.0) == [ended]
+    assert not ended.exists() and live.exists()

@@ -53,7 +53,7 @@ if incoming:
     notes = st.session_state.setdefault(NOTES, [])
     for f in incoming:
         s = uploads.stage(f, session_id)
-        uploads.release(f, session_id)
+        uploads.release(f)
         if s.sha256 in known:
             uploads.discard(s)
             notes.append(f"{s.name} is the same file as {known[s.sha256]}, already in the list.")
