@@ -12,6 +12,7 @@ import streamlit as st
 
 from analysis import metrics
 from analysis.store import Store, default_store_path
+from dashboard.text import md
 
 
 def store() -> Store:
@@ -22,7 +23,7 @@ def sidebar_store() -> None:
     """Sidebar: the store in use and the display unit."""
     s = store()
     with st.sidebar:
-        st.caption(f"Store: `{s.path}`")
+        st.caption("Store: " + md(s.path))
         st.radio("Entropy unit", ["nats", "bits"], horizontal=True, key="unit",
                  help="Stored in nats; bits = nats / ln 2.")
 
@@ -155,10 +156,10 @@ def _take_link() -> None:
     run = _from_link("run")
     trace = _from_link("trace")
     if isinstance(run, str):
-        st.warning(f"The link's run {run!r} is not a run number; showing another run.")
+        st.warning(f"The link's run {md(repr(run))} is not a run number; showing another run.")
         run = None
     if isinstance(trace, str):
-        st.warning(f"The link's trace {trace!r} is not a trace number.")
+        st.warning(f"The link's trace {md(repr(trace))} is not a trace number.")
         trace = None
     if trace is not None:
         owner = cached(trace_run, trace)
