@@ -131,6 +131,10 @@ def all_topk_entropies(logprobs, cleaned: bool = False) -> dict[str, np.ndarray]
     - ``topk_tail``: H over the k probabilities plus one tail bucket of mass 1 - m.
     - ``epr``: sum of -p ln p over the k, no renormalisation (never exceeds the full H).
 
+    Probabilities that sum to more than 1 (rounded logprobs; readers refuse larger excesses)
+    are scaled to sum 1 first, so every estimate is the entropy of at most k + 1 outcomes and
+    never exceeds ln(k + 1) for k alternatives (clipped there against float rounding).
+
     ``cleaned=True`` says the logprobs already went through ``clean_logprobs`` (float64), so
     they are not cleaned a second time; they are modified in place.
     """
@@ -141,15 +145,21 @@ def all_topk_entropies(logprobs, cleaned: bool = False) -> dict[str, np.ndarray]
         raise ValueError(f"top-k logprobs must have shape [T, k], got {lp.shape}")
     p = np.exp(lp)  # exp(-inf) = 0
     lp[p == 0] = 0.0  # so that p * lp is 0, not NaN, where p = 0
-    s = np.einsum("ij,ij->i", p, lp)  # sum p ln p (<= 0)
     mass = p.sum(axis=1)
+    over = mass > 1.0
+    if over.any():
+        p[over] /= mass[over, None]
+        lp[over] -= np.log(mass[over])[:, None]
+        mass[over] = 1.0
+    s = np.einsum("ij,ij->i", p, lp)  # sum p ln p (<= 0)
     has = mass > 0
     safe_mass = np.where(has, mass, 1.0)
     tail = np.clip(1.0 - mass, 0.0, 1.0)
     tail_term = -tail * np.log(np.where(tail > 0, tail, 1.0))
     out = {"topk_renorm": -s / safe_mass + np.log(safe_mass), "topk_tail": -s + tail_term, "epr": -s}
+    bound = np.log(np.count_nonzero(p, axis=1) + 1.0)
     for name, h in out.items():
-        out[name] = np.where(has, np.maximum(h, 0.0), np.nan)
+        out[name] = np.where(has, np.clip(h, 0.0, bound), np.nan)
     return out
 
 

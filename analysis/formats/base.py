@@ -17,10 +17,17 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..metrics import SENTINEL_LOGPROB
 from ..trace import Trace, TraceError
 
 #: problems listed in full before the rest are only counted
 MAX_PROBLEMS = 50
+#: a logprob above this (nats) is refused; up to it, it is a server's rounding (float32
+#: softmax gives +1e-7) and reads as 0
+LOGPROB_TOLERANCE = 1e-4
+#: the alternatives of one token may sum to this much more than probability 1 (logprobs
+#: rounded to one or two decimals) before they are refused
+MASS_TOLERANCE = 0.05
 
 #: canonical per-trace metadata fields and the names other tools give them (first match wins)
 META_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -57,27 +64,33 @@ class Problems:
         self.items: list[str] = []
         self.total = 0
         self.line: int | None = None     # line of the record being read
+        self.unit = "line"               # what line numbers count ("row" in Parquet files)
         self.warnings: list[str] = []    # not errors: failed batch requests and the like
 
     def where(self, line: int | None = None) -> str:
         line = self.line if line is None else line
-        return f"{self.file} line {line}" if line is not None else self.file
+        return f"{self.file} {self.unit} {line}" if line is not None else self.file
 
     def add(self, message: str, line: int | None = None) -> None:
         self.total += 1
         if len(self.items) < self.cap:
-            self.items.append(f"{self.where(line)}: {message}")
+            self.items.append(printable(f"{self.where(line)}: {message}"))
 
-    def bad(self, path: str, value: Any, expected: str) -> None:
-        """``path is <value>, expected <expected>`` at the current line."""
-        self.add(f"{path} is {show(value)}, expected {expected}")
+    def at(self, path: str, message: str, line: int | None = None, warn: bool = False) -> None:
+        """``path: message``, a problem (or with ``warn`` a warning) of a field whose value alone
+        is not the problem (a list's sum, an entry listed twice)."""
+        (self.warn if warn else self.add)(f"{path}: {message}", line)
+
+    def bad(self, path: str, value: Any, expected: str, line: int | None = None) -> None:
+        """``path is <value>, expected <expected>`` at the current line (or ``line``)."""
+        self.add(f"{path} is {show(value)}, expected {expected}", line)
 
     def missing(self, path: str, what: str = "") -> None:
         self.add(f"{path} is missing" + (f" ({what})" if what else ""))
 
     def warn(self, message: str, line: int | None = None) -> None:
         if len(self.warnings) < self.cap:
-            self.warnings.append(f"{self.where(line)}: {message}")
+            self.warnings.append(printable(f"{self.where(line)}: {message}"))
 
     @property
     def full(self) -> bool:
@@ -94,10 +107,35 @@ def show(value: Any, limit: int = 40) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=True)
+        text = printable(json.dumps(value, ensure_ascii=False, allow_nan=True))
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udXXX`` escapes: a message about text
+    that is not UTF-8 must itself be writable (to a terminal, DuckDB, a page)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone UTF-16 surrogate in ``text`` (a JSON escape such as ``\\ud800``
+    that is half of a pair decodes to one), or None when the text is UTF-8 encodable."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def text_expected(text: str, at: int) -> str:
+    """What ``Problems.bad`` says was expected of text with a lone surrogate at index ``at``."""
+    return f"text (its \\u{ord(text[at]):04x} is half of a UTF-16 surrogate pair, not a character)"
 
 
 def bad_utf8(e: UnicodeDecodeError, where: str = "") -> str:
@@ -243,23 +281,146 @@ _TOKEN_ID_RE = re.compile(r"^token_id:(-?\d+)$")
 _NUM_OR_NONE = {float, int, type(None)}
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a reader found a token's fields, for messages: templates of ``i`` (the token),
+    ``j`` (the alternative) and ``text`` (the alternative's text, shown as JSON). ``lines``: token
+    ``i`` is on line ``lines[i]`` (tables); otherwise all are on the record's line."""
+
+    token: str                        # the token's text
+    value: str                        # its logprob (or probability)
+    alts: str                         # its list of alternatives
+    alt: str                          # one alternative
+    alt_token: str                    # that alternative's text
+    alt_value: str                    # and its logprob
+    probs: bool = False               # the file holds probabilities, not logprobs
+    lines: Any = None
+
+    @classmethod
+    def of(cls, path: str, keys: "Keys") -> "Where":
+        """The places of ``read_tokens``' per-token objects at ``path``."""
+        entry, alt = f"{path}[{{i}}]", f"{path}[{{i}}].{keys.top}[{{j}}]"
+        return cls(f"{entry}.{keys.token}", f"{entry}.{keys.logprob}", f"{entry}.{keys.top}", alt,
+                   f"{alt}.{keys.alt_token}", f"{alt}.{keys.alt_logprob}", keys.probs)
+
+    def line(self, i: int) -> int | None:
+        return None if self.lines is None else int(self.lines[i])
+
+
 def read_tokens(entries: Any, path: str, pr: Problems, keys: Keys = Keys()) -> Tokens:
-    """Token columns from a list of per-token objects (OpenAI-style ``logprobs.content``).
+    """Token columns from a list of per-token objects (OpenAI-style ``logprobs.content``),
+    checked by ``check_tokens``. ``entries`` may be the columns already cut out (``Tokens``, from
+    the columnar reader), which get the same checks.
 
     The common case runs on list comprehensions and one numpy conversion; only when that
     fails does a slow walk find and report every bad field with its path.
     """
+    if isinstance(entries, Tokens):
+        check_tokens(entries, pr, Where.of(path, keys))
+        return entries
     if not isinstance(entries, list):
         pr.bad(path, entries, "a list")
         raise Skip
     if not entries:
         return Tokens.empty()
     try:
-        return _read_tokens_fast(entries, keys)
+        t = _read_tokens_fast(entries, keys)
     except (KeyError, TypeError, AttributeError, ValueError, _Bad):
-        pass
-    _report_tokens(entries, path, pr, keys)
-    raise Skip
+        _report_tokens(entries, path, pr, keys)
+        raise Skip
+    check_tokens(t, pr, Where.of(path, keys))
+    return t
+
+
+def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
+    """Refuse values no distribution has, and texts that are not text; raise Skip after
+    recording them at ``where``'s places.
+
+    - a logprob above ``LOGPROB_TOLERANCE`` (a probability above 1): an error; up to it, it reads as 0;
+    - alternatives of one token whose probabilities sum to more than 1 + ``MASS_TOLERANCE``: an error;
+    - one token id twice among a token's alternatives: an error; one text twice with the same
+      value: a warning (one alternative listed twice, or two tokens that print alike; both count);
+    - a lone surrogate in the text of a token or an alternative: an error.
+    """
+    before = pr.total
+    what = "a probability <= 1" if where.probs else "a log-probability <= 0"
+    shown = (lambda v: float(f"{math.exp(v):.12g}")) if where.probs else float
+    for i in _first(np.flatnonzero(t.logprobs > LOGPROB_TOLERANCE), pr):
+        pr.bad(where.value.format(i=i), shown(t.logprobs[i]), what, where.line(i))
+    if not "".join(t.tokens).isascii():
+        for i, x in enumerate(t.tokens):
+            at = lone_surrogate(x)
+            if at is not None:
+                pr.bad(where.token.format(i=i), x, text_expected(x, at), where.line(i))
+    if t.k:
+        top = t.top_logprobs
+        high = top > LOGPROB_TOLERANCE
+        for i, j in _first(np.argwhere(high), pr):
+            pr.bad(where.alt_value.format(i=i, j=j, text=_alt_text(t, i, j)), shown(top[i, j]), what,
+                   where.line(i))
+        usable = (top > SENTINEL_LOGPROB) & ~high
+        mass = np.exp(np.where(usable, top, -np.inf)).sum(axis=1)
+        for i in _first(np.flatnonzero(mass > 1.0 + MASS_TOLERANCE), pr):
+            pr.at(where.alts.format(i=i), f"the alternatives' probabilities sum to {mass[i]:.4g}, but those of "
+                  f"one token sum to at most 1", where.line(i))
+        _check_repeats(t, usable, pr, where)
+        rows = t.top_tokens or ()
+        if rows and not "".join(x for row in rows for x in row if x).isascii():
+            for i, row in enumerate(rows):
+                for j, x in enumerate(row):
+                    at = lone_surrogate(x) if x else None
+                    if at is not None:
+                        pr.bad(where.alt_token.format(i=i, j=j, text=show(x)), x, text_expected(x, at),
+                               where.line(i))
+    if pr.total > before:
+        raise Skip
+
+
+def _first(found: np.ndarray, pr: Problems) -> list:
+    """The first places of one kind of problem, as many as are listed; the rest are only counted."""
+    room = max(pr.cap - len(pr.items), 1)
+    pr.total += max(len(found) - room, 0)
+    return found[:room].tolist()
+
+
+def _alt_text(t: Tokens, i: int, j: int) -> str:
+    rows = t.top_tokens
+    return show(rows[i][j]) if rows is not None and i < len(rows) and j < len(rows[i]) else str(j)
+
+
+def _check_repeats(t: Tokens, usable: np.ndarray, pr: Problems, where: Where) -> None:
+    """Alternatives listed twice for one token (see ``check_tokens``): by id where the file gives
+    ids, else by text (as run-local ids are given); those without probability are not compared."""
+    from ..store import LOCAL_ID_BASE
+    if t.top_ids is not None:
+        ids = np.where(usable, t.top_ids, -1)
+    elif t.top_tokens is not None:
+        import pandas as pd
+        flat = np.empty(t.n * t.k, dtype=object)
+        flat[:] = [x for r in _pad_rows(t.top_tokens, t.k) for x in r]
+        codes = pd.factorize(flat, use_na_sentinel=True)[0].reshape(t.n, t.k)
+        ids = np.where(usable & (codes >= 0), codes + LOCAL_ID_BASE, -1)
+    else:
+        return
+    s = np.sort(ids, axis=1)
+    twice = ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1)
+    top = t.top_logprobs
+    for i in np.flatnonzero(twice).tolist():
+        seen: dict[int, int] = {}
+        for j, x in enumerate(ids[i].tolist()):
+            if x < 0:
+                continue
+            j0 = seen.setdefault(x, j)
+            if j0 == j:
+                continue
+            here = where.alt.format(i=i, j=j, text=_alt_text(t, i, j))
+            first = where.alt.format(i=i, j=j0, text=_alt_text(t, i, j0))
+            if x < LOCAL_ID_BASE:
+                pr.at(here, f"token id {x} is listed again (first at {first}); each alternative is listed once",
+                      where.line(i))
+            elif top[i, j] == top[i, j0]:
+                pr.at(here, f"repeats {first} (the same text and logprob {top[i, j]:g}): one alternative listed "
+                      f"twice, or two tokens that print alike; both count", where.line(i), warn=True)
 
 
 class _Bad(Exception):
@@ -271,7 +432,9 @@ def _to_logprob(values: list, probs: bool, allowed=_NUM_OR_NONE) -> np.ndarray:
         raise _Bad
     arr = np.array([np.nan if v is None else v for v in values] if None in values else values, dtype=np.float64)
     if probs:
-        with np.errstate(divide="ignore", invalid="ignore"):
+        if (arr < 0).any():
+            raise _Bad  # reported by _report_pair
+        with np.errstate(divide="ignore"):
             arr = np.log(arr)
     return arr
 
@@ -282,8 +445,6 @@ def _read_tokens_fast(entries: list, keys: Keys) -> Tokens:
     if not set(map(type, toks)) <= {str}:
         raise _Bad
     lps = _to_logprob([e.get(lk) for e in entries], keys.probs)
-    if keys.probs and (np.nanmin(lps, initial=0) > 0 if lps.size else False):
-        raise _Bad
     ids = None
     if keys.id:
         raw = [e.get(keys.id) for e in entries]
@@ -529,11 +690,53 @@ class LocalIds:
         return {i: s for s, i in self.ids.items()}
 
 
+def check_text(pr: Problems, texts: Iterable[tuple[str, Any]]) -> None:
+    """Record a problem for each (what, value) whose text holds a lone surrogate (which no
+    store, terminal or page can write); values may be lists or objects of texts (keys too).
+    Raise Skip if there was one."""
+    before = pr.total
+    for what, v in texts:
+        _check_text_value(pr, what, v)
+    if pr.total > before:
+        raise Skip
+
+
+def _check_text_value(pr: Problems, what: str, v: Any) -> None:
+    if isinstance(v, str):
+        at = lone_surrogate(v)
+        if at is not None:
+            pr.bad(what, v, text_expected(v, at))
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            name = f"{what}.{printable(str(k))}"
+            _check_text_value(pr, f"the name of {name}", k)
+            _check_text_value(pr, name, x)
+    elif isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            _check_text_value(pr, f"{what}[{i}]", x)
+
+
+def _trace_texts(t: Tokens, prompt: str, source_id: Any, metadata: dict | None) -> Iterator[tuple[str, Any]]:
+    """What ``to_trace`` checks with ``check_text``: the texts not checked with the tokens' fields
+    (thinking text added as pieces, the prompt, the id, the metadata fields)."""
+    if not "".join(t.tokens).isascii():
+        yield from ((f"token {i} of the trace (from the thinking text)", x) for i, x in enumerate(t.tokens))
+    yield "the prompt", prompt
+    yield "the record's id", source_id
+    for k, v in (metadata or {}).items():
+        yield f"the name of the metadata field {printable(str(k))}", k
+        yield f"the metadata field {printable(str(k))}", v
+
+
 def to_trace(t: Tokens, *, prompt: str = "", boundary: int | None = None, marker: str | None = "</think>",
              source_id: str | None = None, metadata: dict | None = None,
-             vocab: dict[int, str] | None = None, local: LocalIds | None = None) -> Trace:
+             vocab: dict[int, str] | None = None, local: LocalIds | None = None,
+             problems: Problems | None = None) -> Trace:
     """A canonical Trace from token columns. Alternatives with real ids put their text in
-    ``vocab``; alternatives known by text get run-local ids from ``local`` when given."""
+    ``vocab``; alternatives known by text get run-local ids from ``local`` when given. With
+    ``problems``, text that is not text (``check_text``) is recorded there and raises Skip."""
+    if problems is not None:
+        check_text(problems, _trace_texts(t, prompt, source_id, metadata))
     top_ids = t.top_ids
     if t.k and top_ids is None and t.top_tokens is not None and local is not None:
         flat = np.empty(t.n * t.k, dtype=object)
@@ -645,7 +848,7 @@ def choice_trace(t: Tokens, ctx: Context, *, prompt: str, boundary: int | None, 
         m["choice"] = i
     sid = None if rid is None else (str(rid) if n == 1 else f"{rid}:{i}")
     return to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid, metadata=m,
-                    vocab=ctx.vocab, local=ctx.local)
+                    vocab=ctx.vocab, local=ctx.local, problems=ctx.problems)
 
 
 def flat_fields(obj: dict, skip: Iterable[str] = ()) -> dict[str, Any]:

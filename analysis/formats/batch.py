@@ -105,8 +105,11 @@ class _PrefixedProblems:
         else:
             setattr(self._pr, name, value)
 
-    def bad(self, path, value, expected):
-        self._pr.bad(f"response.body.{path}", value, expected)
+    def bad(self, path, value, expected, line=None):
+        self._pr.bad(f"response.body.{path}", value, expected, line)
+
+    def at(self, path, message, line=None, warn=False):
+        self._pr.at(f"response.body.{path}", message, line, warn)
 
     def missing(self, path, what=""):
         self._pr.missing(f"response.body.{path}", what)

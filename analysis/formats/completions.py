@@ -12,8 +12,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (Context, Skip, Tokens, choice_trace, choices_record, each_record, get, is_number, repair, show,
-                   with_thinking)
+from .base import (Context, Skip, Tokens, Where, check_tokens, choice_trace, choices_record, each_record, get,
+                   is_number, repair, show, with_thinking)
 
 NAME = "openai_completions"
 TITLE = "OpenAI legacy Completions (vLLM /v1/completions)"
@@ -104,17 +104,21 @@ def _read(lp: dict, path: str, pr) -> Tokens:
         raise Skip
     lps = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
     k = max((len(d) for d in tops if d), default=0)
-    if not k:
-        return Tokens(list(toks), lps)
-    top_lp = np.full((n, k), -np.inf)
-    top_tok: list[list[str]] = []
-    for j, d in enumerate(tops):
-        if d:
-            top_tok.append(list(d.keys()))
-            top_lp[j, : len(d)] = [-np.inf if v is None else v for v in d.values()]
-        else:
-            top_tok.append([])
-    return Tokens(list(toks), lps, None, top_tok, top_lp)
+    t = Tokens(list(toks), lps)
+    if k:
+        top_lp = np.full((n, k), -np.inf)
+        top_tok: list[list[str]] = []
+        for j, d in enumerate(tops):
+            if d:
+                top_tok.append(list(d.keys()))
+                top_lp[j, : len(d)] = [-np.inf if v is None else v for v in d.values()]
+            else:
+                top_tok.append([])
+        t = Tokens(t.tokens, lps, None, top_tok, top_lp)
+    alt = f"{path}.top_logprobs[{{i}}][{{text}}]"
+    check_tokens(t, pr, Where(f"{path}.tokens[{{i}}]", f"{path}.token_logprobs[{{i}}]", f"{path}.top_logprobs[{{i}}]",
+                              alt, f"{alt} (its key)", alt))
+    return t
 
 
 def _drop_prefix(t: Tokens, prefix: str) -> Tokens:

@@ -106,7 +106,7 @@ def parse(obj: Any, ctx: Context) -> Trace:
     meta.update(info)
     sid = obj.get("id") if isinstance(obj.get("id"), str) else None
     return to_trace(t, prompt=prompt_from(obj), boundary=boundary, marker=ctx.marker, source_id=sid,
-                    metadata=meta, vocab=ctx.vocab, local=ctx.local)
+                    metadata=meta, vocab=ctx.vocab, local=ctx.local, problems=ctx.problems)
 
 
 def _read_old(entries: list, pr) -> Tokens:

@@ -78,4 +78,4 @@ def parse(merged: dict, ctx: Context) -> Trace:
     if merged.get("done_reason"):
         meta["finish_reason"] = merged["done_reason"]
     return to_trace(t, prompt=prompt_from(merged), boundary=boundary, marker=ctx.marker,
-                    source_id=None, metadata=meta, vocab=ctx.vocab, local=ctx.local)
+                    source_id=None, metadata=meta, vocab=ctx.vocab, local=ctx.local, problems=ctx.problems)

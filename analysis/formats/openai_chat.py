@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (THINKING_FIELDS, Context, Keys, Skip, Tokens, choice_trace, choices_record, guarded, read_tokens,
+from .base import (THINKING_FIELDS, Context, Keys, Skip, choice_trace, choices_record, guarded, read_tokens,
                    repair, with_thinking)
 
 NAME = "openai_chat"
@@ -128,7 +128,7 @@ def parse(obj: Any, ctx: Context, source_id: str | None = None, request: dict | 
                 pr.missing(where)
                 continue
             # the columnar fast path (fastchat) hands over the token columns already cut out
-            t = entries if isinstance(entries, Tokens) else read_tokens(entries, where, pr, KEYS)
+            t = read_tokens(entries, where, pr, KEYS)
             tids = ch.get("token_ids")
             if isinstance(tids, list) and len(tids) == t.n and all(type(x) is int for x in tids):
                 t.token_ids = np.asarray(tids, dtype=np.int64)

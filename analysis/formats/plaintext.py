@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..trace import Trace
-from .base import Context, Problems, bad_utf8, Skip, flat_fields, map_metadata, render_messages
+from .base import (Context, Problems, bad_utf8, Skip, check_text, flat_fields, map_metadata,
+                   render_messages)
 
 NAME = "plain_text"
 TITLE = "Plain-text traces (prompt + completion, JSON Lines or CSV), scored by a local model"
@@ -97,6 +98,8 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
                 completion = f"{thinking}\n{ctx.marker}\n\n{completion}" if ctx.marker else thinking + completion
             skip = {*PROMPT_FIELDS, *COMPLETION_FIELDS, *THINKING_FIELDS, "messages"}
             meta = map_metadata(flat_fields(obj, skip), ctx.field_map)
+            check_text(pr, [("the prompt", prompt), ("the completion (with its thinking)", completion),
+                            ("the metadata", meta)])
             if ctx.lm is None:
                 pr.add("plain-text traces need a local model to score them (none was given)")
                 return

@@ -77,4 +77,4 @@ def parse(obj: Any, ctx: Context) -> Trace:
     sid = obj.get("id") if isinstance(obj.get("id"), str) else None
     prompt = prompt_from(obj) or (obj["instructions"] if isinstance(obj.get("instructions"), str) else "")
     return to_trace(t, prompt=prompt, boundary=boundary, marker=ctx.marker, source_id=sid, metadata=meta,
-                    vocab=ctx.vocab, local=ctx.local)
+                    vocab=ctx.vocab, local=ctx.local, problems=ctx.problems)

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..trace import Trace
-from .base import (Context, each_record, Skip, Tokens, flat_fields, is_number, map_metadata, prompt_from, repair, show,
-                   to_trace)
+from .base import (Context, each_record, Skip, Tokens, Where, check_tokens, flat_fields, is_number, map_metadata,
+                   prompt_from, repair, show, to_trace)
 
 NAME = "sglang"
 TITLE = "SGLang native /generate (meta_info logprob tuples)"
@@ -90,7 +90,11 @@ def parse(obj: Any, ctx: Context) -> Trace:
         if k:
             dec = VocabText(ctx.lm.tokenizer)(np.unique(top_ids[top_ids >= 0]).tolist())
             top_tok = [[dec.get(int(x), "") for x in row if x >= 0] for row in top_ids]
-    t = repair(Tokens(list(texts), lps, ids, top_tok if k else None, top_lp, top_ids))
+    t = Tokens(list(texts), lps, ids, top_tok if k else None, top_lp, top_ids)
+    alt = "meta_info.output_top_logprobs[{i}][{j}]"
+    check_tokens(t, pr, Where("meta_info.output_token_logprobs[{i}][2]", "meta_info.output_token_logprobs[{i}][0]",
+                              "meta_info.output_top_logprobs[{i}]", alt, f"{alt}[2]", f"{alt}[0]"))
+    t = repair(t)
     fields = flat_fields(obj, ("text", "meta_info", "output_ids", "prompt"))
     fields.update({f"request.{a}": b for a, b in mi.items() if isinstance(b, (str, int, float, bool))})
     meta = map_metadata(fields, ctx.field_map)
@@ -98,7 +102,7 @@ def parse(obj: Any, ctx: Context) -> Trace:
         meta["finish_reason"] = mi["finish_reason"].get("type")
     sid = mi.get("id") if isinstance(mi.get("id"), str) else None
     return to_trace(t, prompt=prompt_from(obj), marker=ctx.marker, source_id=sid, metadata=meta,
-                    vocab=ctx.vocab, local=ctx.local)
+                    vocab=ctx.vocab, local=ctx.local, problems=ctx.problems)
 
 
 def _tuple_ok(tup: Any, path: str, pr) -> bool:
