@@ -205,6 +205,20 @@ _FAULTS = [  # (pattern of DuckDB's or the OS's message, what it means for the u
 ]
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str | None) -> str | None:
+    """Text DuckDB can store: lone surrogates (from undecodable file names, for instance)
+    become U+FFFD."""
+    return text if text is None else _SURROGATE.sub("\ufffd", str(text))
+
+
+def json_text(value: Any) -> str:
+    """JSON for a settings cell (``valid_text``: DuckDB's JSON refuses escaped lone surrogates)."""
+    return valid_text(json.dumps(value, default=str, ensure_ascii=False))
+
+
 def one_line(text: str) -> str:
     """A message on one line (DuckDB's span several)."""
     return " ".join(str(text).split())
@@ -309,7 +323,7 @@ def _migrate_1_to_2(con) -> None:
     """Version 1 stored each completion's text in traces as well as in its tokens; the text is
     now derived from the tokens (the `completions(run_id)` macro), so that appending traces
     never rewrites kilobytes of text per trace at the next checkpoint."""
-    con.execute("ALTER TABLE traces DROP COLUMN completion")
+    con.execute("ALTER TABLE traces DROP COLUMN IF EXISTS completion")
 
 
 def _migrate_2_to_3(con) -> None:
@@ -522,10 +536,14 @@ class Store:
                              f"(it has {len(tables)} other tables); nothing was changed.")
         if not write:
             raise _NeedsWrite()
-        con.execute("BEGIN")
-        if has_meta and version >= 1:  # an older version: one step per version, one transaction
-            for step in _MIGRATIONS[version - 1:]:
+        if has_meta and version >= 1:  # an older version: one transaction per step (DuckDB
+            # creates no index in a transaction with updates); each step may be repeated
+            for v, step in enumerate(_MIGRATIONS[version - 1:], start=version + 1):
+                con.execute("BEGIN")
                 step(con)
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(v)])
+                con.execute("COMMIT")
+        con.execute("BEGIN")
         con.execute(SCHEMA)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
@@ -563,7 +581,7 @@ class Store:
             con.execute(
                 "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
                 "writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, name, source, model, json.dumps(settings or {}, default=str),
+                [run_id, valid_text(name), source, valid_text(model), json_text(settings or {}),
                  datetime.now(timezone.utc).replace(tzinfo=None), status, content_hash,
                  _writer() if status == "running" else None])
             con.execute("COMMIT")
@@ -818,7 +836,7 @@ class Store:
     def merge_settings(self, run_id: int, patch: dict, con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Merge ``patch`` into a run's settings JSON (grading rule, pass rates, early-stop results)."""
         sql = "UPDATE runs SET settings = json_merge_patch(coalesce(settings, '{}'), ?) WHERE run_id = ?"
-        params = [json.dumps(patch, default=str), run_id]
+        params = [json_text(patch), run_id]
         if con is not None:
             con.execute(sql, params)
             return

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import os
 import shutil
 import threading
@@ -32,7 +31,7 @@ import pyarrow as pa
 
 import duckdb
 
-from ..store import Store, StoreError, free_bytes, insert_tables, mb, NextIds
+from ..store import Store, StoreError, free_bytes, insert_tables, json_text, mb, NextIds, valid_text
 from ..trace import Trace, TraceError
 from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
@@ -290,10 +289,11 @@ def _sweep_stale_staging(store: Store) -> None:
 
 
 def _remove(p: Path) -> None:
+    """Remove a staging folder or file if it is there (best effort: a sweep retries later)."""
     if p.is_dir():
         shutil.rmtree(p, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
+    elif p.exists():
+        with contextlib.suppress(OSError):
             p.unlink()
 
 
@@ -358,7 +358,11 @@ def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates
         raise store.error(e, "cannot create the store's folder") from e
     _sweep_stale_staging(store)
     factor = SPACE_PER_INPUT_BYTE.get(d.container, SPACE_PER_INPUT_BYTE_DEFAULT)
-    check_free_space(store, size * factor, f"importing {name} ({mb(size)})")
+    try:
+        check_free_space(store, size * factor, f"importing {name} ({mb(size)})")
+    except StoreError:
+        dups.check(wait=True)  # a file imported before says so, whatever the space
+        raise
     staging = store.path.parent / f".{store.path.name}{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         n_traces, n_tokens, first_model = _stage(store, staging, path, name, d, ctx, size, progress, on_batch,
@@ -509,6 +513,8 @@ def _swap(store: Store, staging: Path, run: dict, digest: str | None, n_traces: 
     files = sorted(staging.glob("*.arrow"))
     try:
         return _insert_staged(store, files, run, digest, n_traces, n_tokens, name)
+    except StoreError as e:  # a fault before or at the commit: the transaction was rolled back
+        raise StoreError(f"{e}; nothing was imported") from e
     except duckdb.ConstraintException:
         dup = store.find_run_by_hash(digest) if digest else None
         if dup is None or dup.empty:
@@ -534,7 +540,8 @@ def _insert_staged(store: Store, files: list[Path], run: dict, digest: str | Non
             con.execute(
                 "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
                 "n_traces, n_tokens) VALUES (?, ?, ?, ?, ?, ?, 'complete', ?, ?, ?)",
-                [new_run, run["name"], run["source"], run["model"], json.dumps(run["settings"], default=str),
+                [new_run, valid_text(run["name"]), run["source"], valid_text(run["model"]),
+                 json_text(run["settings"]),
                  datetime.now(timezone.utc).replace(tzinfo=None), digest, n_traces, n_tokens])
             moved = {"trace_id": f"trace_id + {int(off)}", "run_id": str(int(new_run))}
             for f in files:
