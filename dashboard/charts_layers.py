@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.charts import PALETTE, visible_token
+from dashboard.charts import PALETTE
 from dashboard.text import chart
+from dashboard.tokens import label_token, per_unique
 
 #: sequential colour scale for entropy heatmaps (low: pale, high: deep violet)
 HEAT_SCALE = [(0.0, "#f8fafc"), (0.2, "#fde68a"), (0.45, "#fb923c"), (0.7, "#e11d48"), (1.0, "#4c1d95")]
@@ -23,52 +24,64 @@ SPLIT_COLORS = {"anchor": "#0891b2", "middle": "#9ca3af", "explorer": "#e11d48"}
 
 
 def _esc(text: str, limit: int = 30) -> str:
-    return chart(visible_token(str(text))[:limit])
+    """A token as a plotly label: whitespace visible (␣ ↵), cut at ``limit`` characters, escaped."""
+    return chart(label_token(text)[:limit])
 
 
 def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[str], quantity: str,
                   unit: str, estimator: str, top1: Sequence[Sequence[str]] | None = None,
                   offset: int = 0, zmax: float | None = None, boundary: int | None = None,
-                  max_tick_labels: int = 120, y_title: str = "layer") -> go.Figure:
+                  max_tick_labels: int = 40, y_title: str = "layer") -> go.Figure:
     """Layer x token-position heatmap of ``values`` [T, len(layers)].
 
-    The x axis is the completion token position (tick labels are the tokens themselves
-    when few enough are shown), the y axis the 1-based layer (its title ``y_title``); the
+    The x axis is the completion token position, its ticks labelled with the tokens (every
+    k-th token when more than ``max_tick_labels`` are shown, so that labels never overlap;
+    whitespace shown as ␣ ↵), the y axis the 1-based layer (its title ``y_title``); the
     colour scale runs from 0 to ``zmax`` when given, else over the data. Hover shows the token, the
     value and, for the logit lens, that layer's top-1 token (``top1`` [T][len(layers)]).
     """
     v = np.asarray(values, dtype=np.float64)
     n, n_layers = v.shape if v.ndim == 2 else (0, len(layers))
     x = np.arange(offset, offset + n)
-    tok = np.array([_esc(t) for t in tokens[:n]], dtype=object)
-    custom = np.empty((n_layers, n, 3), dtype=object)
+    tok = per_unique(_esc, list(tokens[:n]))
+    # [layer, position, (position, token, top-1)]; without top-1 tokens the third is left out
+    custom = np.empty((n_layers, n, 3 if top1 is not None and n else 2), dtype=object)
     custom[:, :, 0] = x[None, :]
     custom[:, :, 1] = tok[None, :]
-    custom[:, :, 2] = ""
     extra = ""
     if top1 is not None and n:
-        custom[:, :, 2] = np.array([[_esc(t) for t in row] for row in top1[:n]], dtype=object).T
+        rows = np.empty((n, n_layers), dtype=object)
+        rows[:] = [list(r) for r in top1[:n]]
+        custom[:, :, 2] = per_unique(_esc, rows).T
         extra = "<br>top-1 at this layer: %{customdata[2]}"
     scale = dict(zmin=0, zmax=zmax) if zmax is not None else {}
-    fig = go.Figure(go.Heatmap(
+    step = max(1, -(-n // max_tick_labels))
+    xaxis = dict(title="completion token position (ticks: the token" + (f" every {step} positions)" if step > 1
+                                                                        else "s)"))
+    if n:
+        ticks = np.arange(0, n, step)
+        xaxis.update(tickmode="array", tickvals=x[ticks], ticktext=[_esc(tokens[i], 10) for i in ticks],
+                     tickangle=-50, tickfont=dict(size=11), automargin=True)
+    yaxis = dict(title=y_title, automargin=True)
+    if len(layers) <= 40:
+        # every layer's number when they fit (12 px per row), else every second one
+        every = 1 if len(layers) <= 20 else 2
+        yaxis.update(tickmode="array", tickvals=list(layers)[::every], tickfont=dict(size=11))
+    layout = dict(height=max(300, 130 + 16 * n_layers), margin=dict(l=10, r=10, t=36, b=10),
+                  xaxis=xaxis, yaxis=yaxis,
+                  title=dict(text=f"{chart(quantity)} ({chart(unit)}, {chart(estimator)})", font=dict(size=13)))
+    if boundary is not None and offset < boundary < offset + n:
+        layout["shapes"] = [dict(type="line", yref="paper", y0=0, y1=1, x0=boundary - 0.5, x1=boundary - 0.5,
+                                 line=dict(color="#15803d", width=2))]
+        layout["annotations"] = [dict(yref="paper", x=boundary - 0.5, y=1, yanchor="bottom", xanchor="left",
+                                      showarrow=False, text="answer starts", font=dict(color="#15803d", size=11))]
+    # one constructor call: plotly validates once instead of at every update_layout
+    heat = go.Heatmap(
         z=v.T, x=x, y=list(layers), customdata=custom, colorscale=HEAT_SCALE, hoverongaps=False, **scale,
         colorbar=dict(title=dict(text=f"{chart(quantity)}<br>({chart(unit)})", side="right")),
         hovertemplate=(f"layer %{{y}} · position %{{customdata[0]}}<br>token %{{customdata[1]}}<br>"
-                       f"{chart(quantity)} = %{{z:.3f}} {chart(unit)}{extra}<extra></extra>")))
-    if boundary is not None and offset < boundary < offset + n:
-        fig.add_vline(x=boundary - 0.5, line=dict(color="#16a34a", width=2),
-                      annotation_text="answer starts", annotation_position="top right")
-    xaxis = dict(title="completion token position (tick labels: the tokens)" if 0 < n <= max_tick_labels
-                 else "completion token position")
-    if 0 < n <= max_tick_labels:
-        xaxis.update(tickmode="array", tickvals=x, ticktext=list(tok), tickangle=-60, tickfont=dict(size=9))
-    yaxis = dict(title=y_title)
-    if len(layers) <= 40:
-        yaxis.update(tickmode="array", tickvals=list(layers))
-    fig.update_layout(height=max(260, 80 + 16 * n_layers), margin=dict(l=10, r=10, t=30, b=10),
-                      xaxis=xaxis, yaxis=yaxis,
-                      title=dict(text=f"{chart(quantity)} ({chart(unit)}, {chart(estimator)})",
-                                 font=dict(size=13)))
+                       f"{chart(quantity)} = %{{z:.3f}} {chart(unit)} ({chart(estimator)}){extra}<extra></extra>"))
+    fig = go.Figure(data=[heat], layout=layout)
     return fig
 
 
@@ -77,33 +90,38 @@ def layer_profile(df: pd.DataFrame, quantity: str, unit: str, estimator: str,
     """Entropy profiles over layers, one line per group, with a band for the interval.
 
     ``df`` columns: group, layer, mean, and optionally lo/hi (the band) and n. ``reference``
-    draws horizontal lines (e.g. the trace's mean token entropy).
+    draws horizontal lines (e.g. the trace's mean token entropy). Every quantity drawn here is
+    an entropy or a ratio of entropies, never negative, so the band is clipped at 0.
     """
-    fig = go.Figure()
+    data, shapes, notes = [], [], []
     for i, (group, g) in enumerate(df.groupby("group", sort=False)):
         g = g.sort_values("layer")
         color = PALETTE[i % len(PALETTE)]
         label = chart(str(group))
         if {"lo", "hi"} <= set(g.columns) and g["lo"].notna().any():
-            fig.add_trace(go.Scatter(
+            data.append(go.Scatter(
                 x=np.concatenate([g["layer"], g["layer"][::-1]]),
-                y=np.concatenate([g["hi"], g["lo"][::-1]]), fill="toself", fillcolor=color,
+                y=np.concatenate([g["hi"], np.maximum(g["lo"].to_numpy(dtype=np.float64), 0.0)[::-1]]),
+                fill="toself", fillcolor=color,
                 opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label))
         ncol = g["n"].to_numpy() if "n" in g else np.full(len(g), np.nan)
-        fig.add_trace(go.Scatter(
+        data.append(go.Scatter(
             x=g["layer"], y=g["mean"], mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=color, width=2), marker=dict(size=5), customdata=ncol,
-            hovertemplate=f"{label}<br>layer %{{x}}<br>mean = %{{y:.3f}} {chart(unit)}"
-                          "<br>n = %{customdata}<extra></extra>"))
-    for j, (name, value) in enumerate((reference or {}).items()):
+            hovertemplate=f"{label}<br>layer %{{x}}<br>{chart(quantity)} = %{{y:.3f}} {chart(unit)} "
+                          f"({chart(estimator)})<br>n = %{{customdata}}<extra></extra>"))
+    for name, value in (reference or {}).items():
         if value is not None and np.isfinite(value):
-            fig.add_hline(y=value, line=dict(color="#6b7280", dash="dot", width=1),
-                          annotation_text=chart(name), annotation_position="top left")
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), hovermode="closest",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-                      xaxis_title="layer (1-based; residual stream after the block)",
-                      yaxis_title=f"{quantity} ({unit}, {estimator})")
-    return fig
+            shapes.append(dict(type="line", xref="paper", x0=0, x1=1, y0=value, y1=value,
+                               line=dict(color="#6b7280", dash="dot", width=1)))
+            notes.append(dict(xref="paper", x=0, y=value, xanchor="left", yanchor="bottom", showarrow=False,
+                              text=chart(name), font=dict(size=11, color="#374151"),
+                              bgcolor="rgba(255,255,255,0.85)"))
+    return go.Figure(data=data, layout=dict(
+        height=340, margin=dict(l=10, r=10, t=30, b=10), hovermode="closest", shapes=shapes, annotations=notes,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        xaxis=dict(title="layer (1-based; residual stream after the block)"),
+        yaxis=dict(title=f"{quantity} ({unit}, {estimator})", rangemode="tozero")))
 
 
 def head_heatmap(values: np.ndarray, tokens: Sequence[str], layer: int, unit: str, offset: int = 0,
@@ -118,20 +136,19 @@ def anchors_explorers_scatter(attn: np.ndarray, token_h: np.ndarray, groups: np.
                               tokens: Sequence[str], attn_label: str, unit: str, token_estimator: str
                               ) -> go.Figure:
     """Each token's attention entropy against its token entropy, coloured anchor/middle/explorer."""
-    fig = go.Figure()
-    tok = np.array([_esc(t) for t in tokens], dtype=object)
+    data = []
+    tok = per_unique(_esc, list(tokens))
     pos = np.arange(len(tokens))
     for name, color in SPLIT_COLORS.items():
         sel = np.asarray(groups) == name
         if not sel.any():
             continue
-        fig.add_trace(go.Scattergl(
+        data.append(go.Scattergl(
             x=np.asarray(attn)[sel], y=np.asarray(token_h)[sel], mode="markers", name=name,
             marker=dict(color=color, size=6, opacity=0.75), customdata=np.stack([pos[sel], tok[sel]], axis=1),
-            hovertemplate=("position %{customdata[0]} · token %{customdata[1]}<br>attention %{x:.3f}"
-                           f"<br>token entropy %{{y:.3f}} {chart(unit)}<extra>{name}</extra>")))
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
-                      xaxis_title=chart(attn_label),
-                      yaxis_title=f"token entropy ({unit}, {token_estimator})")
-    return fig
+            hovertemplate=("position %{customdata[0]} · token %{customdata[1]}<br>"
+                           f"{chart(attn_label)} = %{{x:.3f}}<br>token entropy H = %{{y:.3f}} {chart(unit)} "
+                           f"({chart(token_estimator)})<extra>{name}</extra>")))
+    return go.Figure(data=data, layout=dict(
+        height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        xaxis=dict(title=chart(attn_label)), yaxis=dict(title=f"token entropy H ({unit}, {token_estimator})")))

@@ -9,11 +9,109 @@ import pandas as pd
 import streamlit as st
 
 from analysis import metrics
-from analysis.store import ENTROPY_COLUMNS
 from dashboard import charts, state
+from dashboard import tokens as token_text
+from dashboard.trace_views import comparison_figure, text_html, trace_text
 
 MAX_TEXT_TOKENS = 1500  # tokens rendered as coloured text at once (the curve always has all)
 
+
+def text_range(trace_id: int, n: int) -> tuple[int, int]:
+    """The tokens shown as text (the slider's last value; all of a short trace)."""
+    return st.session_state.get(f"explorer.range.{trace_id}", (0, min(n, MAX_TEXT_TOKENS)))
+
+
+@st.fragment
+def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str, boundary: int) -> None:
+    """Threshold controls, summary, curve and forking points: a control here re-runs only this part."""
+    tt = state.cached(trace_text, int(trace_id))
+    h = tt.entropy[estimator]
+    n = tt.n
+    c2, c3, c4 = st.columns([1, 1.4, 1.2])
+    w = c2.slider("Window w (tokens)", 1, 32, 4, key="explorer.w",
+                  help="Window entropy at t = mean entropy of tokens t+1 .. t+w (ARES, arXiv 2510.08457).")
+    method = c3.radio("Forking threshold τ", ["percentile", "corpus", "fixed"], horizontal=True,
+                      key="explorer.method",
+                      format_func={"percentile": "per-trace percentile", "corpus": "run top-%",
+                                   "fixed": "fixed value"}.get,
+                      help="Per-trace percentile of window entropy (ARES uses 95); the top p% of the run's "
+                           "window entropies (Beyond the 80/20 rule, arXiv 2506.01939, uses 20%); or a fixed "
+                           "value.")
+    win = metrics.window_entropy(h, w).values
+    if method == "percentile":
+        value = c4.slider("Percentile", 50.0, 100.0, 95.0, 0.5, key="explorer.pct")
+        tau = metrics.forking_threshold(win, "percentile", value)
+    elif method == "corpus":
+        value = c4.slider("Top % of the run's tokens", 1.0, 50.0, 20.0, 1.0, key="explorer.top")
+        corpus = state.cached(state.run_window_entropy, int(run_id), estimator, int(w))
+        tau = metrics.forking_threshold(win, "corpus", value, corpus=corpus)
+    else:
+        top = float(np.nanmax(state.convert(win, unit))) if np.isfinite(win).any() else 1.0
+        value_disp = c4.slider(f"τ ({unit}, {estimator})", 0.0, max(round(top, 2), 0.01), min(1.0, top),
+                               0.01, key=f"explorer.fixed.{trace_id}.{estimator}.{unit}")
+        value = value_disp * (metrics.LN2 if unit == "bits" else 1.0)
+        tau = metrics.forking_threshold(win, "fixed", value)
+
+    with st.expander("Restrict forking points to discourse tokens (lexicon)"):
+        use_lex = st.toggle("Only tokens in the lexicon", value=False, key="explorer.use_lexicon")
+        lex_text = st.text_area("Lexicon (one entry per line; case-insensitive; the tokenizer's space "
+                                "marker is stripped)", "\n".join(metrics.DEFAULT_LEXICON), height=160,
+                                key="explorer.lexicon")
+    lexicon = [x for x in lex_text.splitlines() if x.strip()] if use_lex else None
+    forks = metrics.forking_points(win, tau, tt.tokens, lexicon)
+    reaching = len(forks) if lexicon is None else len(metrics.forking_points(win, tau))
+
+    # ------------------------------------------------------------ summary
+    m = st.columns(5)
+    m[0].metric("Tokens", f"{n}")
+    for col, phase in zip(m[1:4], metrics.PHASES):
+        v = metrics.sequence_entropy(h, boundary, phase)
+        col.metric(f"Mean H, {phase} ({unit})", "n/a" if np.isnan(v) else f"{state.convert(v, unit):.3f}",
+                   help=f"Sequence entropy: mean token entropy over the {phase} tokens, in {unit}; "
+                        f"estimator {estimator}.")
+    tau_shown = float(state.convert(tau, unit)) if np.isfinite(tau) else None
+    m[4].metric("Forking points", f"{len(forks)}",
+                help=(f"window entropy (next {w} tokens, {unit}, {estimator}) ≥ τ = {tau_shown:.3f} {unit}"
+                      if tau_shown is not None else "no threshold: no finite window entropy"))
+    st.caption(f"Entropies in {unit}, estimator {estimator}: {metrics.ESTIMATORS[estimator]}.")
+
+    # ------------------------------------------------------------ curve
+    fig = charts.entropy_curve(tt.labels, state.convert(h, unit), state.convert(win, unit), tau_shown,
+                               forks, unit, estimator, w, boundary)
+    st.plotly_chart(fig, width="stretch", key="explorer.curve")
+    if boundary < n:
+        st.caption(f"Thinking: tokens 0–{boundary - 1}; answer: tokens {boundary}–{n - 1} "
+                   f"(split after the marker).")
+    else:
+        st.caption("No end-of-thinking marker in this trace: every token counts as thinking.")
+
+    # ------------------------------------------------------------ forking table
+    st.subheader("Forking points")
+    start, stop = text_range(trace_id, n)
+    in_text = forks[(forks >= start) & (forks < stop)]
+    if len(forks) == 0:
+        if lexicon is not None and reaching:
+            st.caption(f"{reaching} positions reach the threshold, but none is a lexicon token: "
+                       "edit the lexicon or turn the restriction off.")
+        else:
+            st.caption("No position reaches the threshold.")
+    else:
+        # the outlines in the text below: a style rule, so the text itself is not re-sent
+        st.html(token_text.fork_marks_css(in_text) + '<div style="font-size:0.8rem;color:#4b5563;">'
+                f"{len(in_text)} of them in the text shown below (tokens {start}–{stop - 1}), outlined.</div>")
+        a, b = tt.offsets[forks], tt.offsets[forks + 1]
+        text = tt.text
+        context = [(text[max(0, i - 40):i] + "⟦" + text[i:j] + "⟧" + text[j:j + 60]).replace("\n", " ")
+                   for i, j in zip(a.tolist(), b.tolist())]
+        st.dataframe(pd.DataFrame({
+            "position": forks,
+            "token": [token_text.label_token(tt.tokens[f]) for f in forks.tolist()],
+            f"window entropy (next {w}; {unit}, {estimator})": state.convert(win[forks], unit),
+            f"token entropy H ({unit}, {estimator})": state.convert(h[forks], unit),
+            "context": context}), hide_index=True, width="stretch")
+
+
+# ---------------------------------------------------------------- page
 st.title("Trace explorer")
 
 run_id = state.select_run("explorer.run")
@@ -27,114 +125,41 @@ if traces.empty:
 trace_id = state.select_trace(traces, "explorer.trace")
 st.session_state["explorer.trace_id"] = trace_id
 row = traces.loc[traces.trace_id == trace_id].iloc[0]
-tok = state.cached(state.tokens, int(trace_id))
-n = len(tok)
+tt = state.cached(trace_text, int(trace_id))
+n = tt.n
 
-# ---------------------------------------------------------------- controls
-available = [e for e, col in ENTROPY_COLUMNS.items() if col in tok and tok[col].notna().any()]
+available = list(tt.entropy)
 if not available:
     st.warning("This trace has no entropy values: its source gave neither logits nor top-k logprobs. "
                "Re-score it with a local model (Upload page, plain-text traces).")
     st.stop()
 unit = state.unit()
-c1, c2, c3, c4 = st.columns([1.2, 1, 1.4, 1.2])
-estimator = c1.selectbox(
+if st.session_state.get("explorer.estimator", available[0]) not in available:  # from another trace
+    del st.session_state["explorer.estimator"]
+estimator = st.columns([1.2, 3.8])[0].selectbox(
     "Estimator", available, index=0, key="explorer.estimator",
     help="\n".join(f"- **{e}**: {metrics.ESTIMATORS[e]}" for e in available))
-w = c2.slider("Window w (tokens)", 1, 32, 4, key="explorer.w",
-              help="Window entropy at t = mean entropy of tokens t+1 .. t+w (ARES, arXiv 2510.08457).")
-method = c3.radio("Forking threshold τ", ["percentile", "corpus", "fixed"], horizontal=True,
-                  key="explorer.method",
-                  format_func={"percentile": "per-trace percentile", "corpus": "run top-%",
-                               "fixed": "fixed value"}.get,
-                  help="Per-trace percentile of window entropy (ARES uses 95); the top p% of the run's "
-                       "window entropies (Beyond the 80/20 rule, arXiv 2506.01939, uses 20%); or a fixed value.")
-h = tok[ENTROPY_COLUMNS[estimator]].to_numpy(dtype=np.float64, na_value=np.nan)
-win = metrics.window_entropy(h, w).values
-if method == "percentile":
-    value = c4.slider("Percentile", 50.0, 100.0, 95.0, 0.5, key="explorer.pct")
-    tau = metrics.forking_threshold(win, "percentile", value)
-elif method == "corpus":
-    value = c4.slider("Top % of the run's tokens", 1.0, 50.0, 20.0, 1.0, key="explorer.top")
-    corpus = state.cached(state.run_window_entropy, int(run_id), estimator, int(w))
-    tau = metrics.forking_threshold(win, "corpus", value, corpus=corpus)
-else:
-    top = float(np.nanmax(state.convert(win))) if np.isfinite(win).any() else 1.0
-    value_disp = c4.slider(f"τ ({unit})", 0.0, max(round(top, 2), 0.01), min(1.0, top) / 1.0,
-                           0.01, key=f"explorer.fixed.{unit}")
-    value = value_disp * (metrics.LN2 if unit == "bits" else 1.0)
-    tau = metrics.forking_threshold(win, "fixed", value)
-
-with st.expander("Restrict forking points to discourse tokens (lexicon)"):
-    use_lex = st.toggle("Only tokens in the lexicon", value=False, key="explorer.use_lexicon")
-    lex_text = st.text_area("Lexicon (one entry per line; case-insensitive; the tokenizer's space "
-                            "marker is stripped)", "\n".join(metrics.DEFAULT_LEXICON), height=160,
-                            key="explorer.lexicon")
-lexicon = [x for x in lex_text.splitlines() if x.strip()] if use_lex else None
-tokens = tok["token"].fillna("").tolist()
-forks = metrics.forking_points(win, tau, tokens, lexicon)
 boundary = int(row.boundary)
 
-# ---------------------------------------------------------------- summary
-m = st.columns(5)
-m[0].metric("Tokens", f"{n}")
-for col, phase in zip(m[1:4], metrics.PHASES):
-    v = metrics.sequence_entropy(h, boundary, phase)
-    col.metric(f"Mean H, {phase} ({unit})", "n/a" if np.isnan(v) else f"{state.convert(v):.3f}",
-               help=f"Sequence entropy: mean token entropy over the {phase} tokens; estimator {estimator}.")
-m[4].metric("Forking points", f"{len(forks)}", help=f"window entropy ≥ τ = {state.convert(tau):.3f} {unit}")
-
-# ---------------------------------------------------------------- curve
-fig = charts.entropy_curve(tokens, state.convert(h), state.convert(win),
-                           float(state.convert(tau)) if np.isfinite(tau) else None,
-                           forks, unit, estimator, w, boundary)
-st.plotly_chart(fig, width="stretch", key="explorer.curve")
-if boundary < n:
-    st.caption(f"Thinking: tokens 0–{boundary - 1}; answer: tokens {boundary}–{n - 1} "
-               f"(split after the marker).")
-else:
-    st.caption("No end-of-thinking marker in this trace: every token counts as thinking.")
+forking_points_section(int(run_id), int(trace_id), estimator, unit, boundary)
 
 # ---------------------------------------------------------------- coloured text
 st.subheader("Text coloured by token entropy")
 start, stop = 0, n
 if n > MAX_TEXT_TOKENS:
-    start, stop = st.slider("Tokens shown", 0, n, (0, MAX_TEXT_TOKENS), step=50, key="explorer.range")
-shown = tok.iloc[start:stop]
-finite = h[np.isfinite(h)]
-vmax = float(np.percentile(state.convert(finite), 99)) if finite.size else 1.0
-alts = [list(zip(t, lp)) if t is not None else [] for t, lp in zip(shown["topk_tokens"], shown["topk_logprobs"])]
+    start, stop = st.slider("Tokens shown", 0, n, (0, MAX_TEXT_TOKENS), step=50,
+                            key=f"explorer.range.{trace_id}")
+body, vmax = state.cached(text_html, int(trace_id), estimator, unit, int(start), int(stop), boundary)
 with st.container(border=True):
     if row.prompt:
         st.markdown("**Prompt**")
-        st.html('<div style="white-space: pre-wrap; color:#4b5563; font-size:0.9rem;">'
+        st.html('<div style="white-space: pre-wrap; color:#374151; font-size:0.9rem;">'
                 + html.escape(str(row.prompt)) + "</div>")
         st.markdown("**Completion**")
-    st.html(charts.token_html(shown["token"].fillna("").tolist(), state.convert(h[start:stop]), vmax, unit,
-                              estimator, alts, set(int(f) for f in forks), boundary, offset=start))
-st.html(charts.colorbar_html(vmax, unit, estimator))
-
-# ---------------------------------------------------------------- forking table
-st.subheader("Forking points")
-if len(forks) == 0:
-    st.caption("No position reaches the threshold.")
-else:
-    text = "".join(tokens)
-    starts = np.concatenate([[0], np.cumsum([len(t) for t in tokens])])
-    rows = []
-    for f in forks:
-        a, b = int(starts[f]), int(starts[f + 1])
-        rows.append({"position": int(f), "token": tokens[f] if tokens[f].strip() else repr(tokens[f]),
-                     f"window entropy ({unit})": float(state.convert(win[f])),
-                     f"token entropy ({unit})": float(state.convert(h[f])),
-                     "context": (text[max(0, a - 40):a] + "⟦" + text[a:b] + "⟧" + text[b:b + 60]).replace("\n", " ")})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-st.caption(f"Estimator: {estimator} — {metrics.ESTIMATORS[estimator]}.")
+    st.html(body)
+st.html(token_text.colorbar_html(vmax, unit, estimator))
 
 if len(available) > 1 and "full" in available:
     with st.expander("How much do top-k estimators miss? (this trace, token by token)"):
-        cmp = pd.DataFrame({e: state.convert(tok[ENTROPY_COLUMNS[e]].to_numpy(dtype=float, na_value=np.nan))
-                            for e in available})
-        st.plotly_chart(charts.estimator_comparison(cmp, unit), width="stretch")
-        k = int(row.k)
-        st.caption(f"Top-{k} estimators against the full entropy; points below y = x underestimate.")
+        st.plotly_chart(state.cached(comparison_figure, int(trace_id), unit), width="stretch")
+        st.caption(f"Top-{int(row.k)} estimators against the full entropy; points below y = x underestimate.")

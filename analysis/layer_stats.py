@@ -1,0 +1,77 @@
+"""Analysis of per-layer records (see :mod:`analysis.layers`): the anchor/explorer split,
+difficulty bins and group profiles. Plain numpy and pandas, so that the dashboard can use
+them without importing torch (seconds on a cold start).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+#: labels of the attention-entropy split (arXiv 2605.07660)
+SPLIT_LABELS = ("anchor", "middle", "explorer")
+
+
+def split_anchors_explorers(attn_entropy: np.ndarray, percent: float = 20.0) -> np.ndarray:
+    """Label tokens by their attention entropy within one trace (arXiv 2605.07660).
+
+    Tokens at or below the ``percent``-th percentile are anchors (concentrated support),
+    those at or above the (100 - percent)-th are explorers (diffuse support), the rest
+    'middle'; NaN values are 'none'. The paper splits response tokens this way; it fixes no
+    percentile, so it is a parameter.
+    """
+    a = np.asarray(attn_entropy, dtype=np.float64)
+    out = np.full(a.shape, "none", dtype=object)
+    ok = np.isfinite(a)
+    if not ok.any():
+        return out
+    if not 0 < percent <= 50:
+        raise ValueError(f"percent must be in (0, 50], got {percent}")
+    lo, hi = np.percentile(a[ok], [percent, 100 - percent])
+    out[ok] = "middle"
+    out[ok & (a >= hi)] = "explorer"
+    out[ok & (a <= lo)] = "anchor"  # a tie of lo and hi (constant values) counts as anchor
+    return out
+
+
+def difficulty_bins(traces: pd.DataFrame) -> pd.Series:
+    """A difficulty label per trace: the problem set's level when given, else the pass rate.
+
+    Pass-rate buckets follow ARES (arXiv 2510.08457): the share of correct samples of the
+    same problem, >= 2/3 easy, >= 1/3 medium, else hard. Traces with neither: 'unknown'.
+    """
+    out = pd.Series("unknown", index=traces.index, dtype=object)
+    if "level" in traces and traces["level"].notna().any():
+        has = traces["level"].notna()
+        out[has] = traces.loc[has, "level"].map(lambda v: f"level {v:g}")
+        return out
+    if {"problem_id", "correct"} <= set(traces.columns):
+        graded = traces["correct"].notna() & traces["problem_id"].notna()
+        if graded.any():
+            rate = traces[graded].groupby("problem_id")["correct"].mean()
+            r = traces.loc[graded, "problem_id"].map(rate)
+            out[graded] = np.where(r >= 2 / 3, "easy", np.where(r >= 1 / 3, "medium", "hard"))
+    return out
+
+
+def profile_groups(profiles: pd.DataFrame, groups: pd.Series, layers: Sequence[int]) -> pd.DataFrame:
+    """Mean entropy profile per group of traces with a 95% interval over traces.
+
+    ``profiles``: Store.layer_profiles rows (trace_id, k, mean); ``groups``: a label per
+    trace_id; ``layers``: the layer number of each list index k. Each trace counts once
+    (its mean over tokens), so long traces do not dominate. Returns group, layer, mean,
+    lo, hi (mean -/+ 1.96 standard errors; NaN for a single trace), n (traces).
+    """
+    if profiles.empty:
+        return pd.DataFrame(columns=["group", "layer", "mean", "lo", "hi", "n"])
+    df = profiles[["trace_id", "k", "mean"]].copy()
+    df["group"] = df["trace_id"].map(groups)
+    df = df.dropna(subset=["group", "mean"])
+    layer_of = dict(enumerate(layers))
+    df["layer"] = df["k"].map(layer_of)
+    agg = df.groupby(["group", "layer"], sort=True)["mean"].agg(["mean", "std", "count"]).reset_index()
+    half = 1.96 * agg["std"] / np.sqrt(agg["count"])
+    return pd.DataFrame({"group": agg["group"], "layer": agg["layer"], "mean": agg["mean"],
+                         "lo": agg["mean"] - half, "hi": agg["mean"] + half, "n": agg["count"]})
