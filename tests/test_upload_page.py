@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,107 @@ def test_sweep_removes_ended_sessions_and_dead_servers(tmp_path, monkeypatch):
     assert uploads.sweep(active, since, now=219.0, grace=120.0) == []
     assert uploads.sweep(active, since, now=220.0, grace=120.0) == [ended]
     assert not ended.exists() and live.exists()
+
+
+def server_pid(port: int) -> int:
+    """The process of the `streamlit run` server listening on ``port``."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                args = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"streamlit" in b" ".join(args) and str(port).encode() in args:
+                return int(d.name)
+    raise LookupError(port)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(pid)
+
+
+def wait_until(check, timeout: float, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while not (ok := check()) and time.monotonic() < deadline:
+        time.sleep(step)
+    return ok
+
+
+@pytest.mark.slow
+def test_browser_upload_sessions_leave_no_memory_or_files(store, tmp_path, monkeypatch):
+    """Four browser sessions each drop a ~50 MB file and leave: the server's memory comes
+    back near where it was and the staged copies go (sessions end after the grace period)."""
+    from dashboard import uploads
+    lines = (FIX / "openai_chat.jsonl").read_bytes().splitlines()
+    big = tmp_path / "big.jsonl"
+    with open(big, "wb") as f:
+        n = 0
+        while f.tell() < 50 << 20:
+            f.write(lines[n % len(lines)].replace(b'"chatcmpl-A', b'"chatcmpl-%d-A' % n, 1) + b"\n")
+            n += 1
+    size_mb = big.stat().st_size / (1 << 20)
+    monkeypatch.setenv(uploads.GRACE_ENV, "3")
+    after_each: list[float] = []
+    with streamlit_server(store.path) as url:
+        pid = server_pid(int(url.rsplit(":", 1)[1]))
+        staging = uploads.process_dir(pid)
+        with browser_page() as page:  # a first visit loads the page's modules
+            page.goto(url + "/upload")
+            wait_for_app(page)
+        time.sleep(2)
+        baseline = rss_mb(pid)
+        peak = baseline
+        for i in range(4):
+            with browser_page() as page:
+                page.goto(url + "/upload")
+                wait_for_app(page)
+                page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(big))
+                page.get_by_text("openai_chat", exact=True).first.wait_for(timeout=120000)
+                wait_for_app(page)
+                assert page.get_by_text(f"{n:,}", exact=True).count() == 1  # the trace count of the preview
+                assert sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()) >= big.stat().st_size
+                peak = max(peak, rss_mb(pid))
+            after_each.append(rss_mb(pid))
+        staged_gone = wait_until(lambda: not any(f.is_file() for f in staging.rglob("*")), 60)
+        settled = wait_until(lambda: rss_mb(pid) - baseline < 300, 60)
+        after = rss_mb(pid)
+        figure = (f"file {size_mb:.1f} MB; server RSS (VmRSS) baseline {baseline:.0f} MB, peak {peak:.0f} MB, "
+                  f"after each session {', '.join(f'{x:.0f}' for x in after_each)} MB, at the end {after:.0f} MB "
+                  f"(growth {after - baseline:+.0f} MB)")
+        print("\n" + figure)
+        assert staged_gone, [str(f) for f in staging.rglob("*")]
+        assert settled, figure
+        # the first parse leaves the allocators' caches warm; later sessions must not add their file each
+        assert after_each[-1] - after_each[0] < 100, figure
+
+
+@pytest.mark.slow
+def test_browser_upload_one_broken_file_blocks_only_itself(store, tmp_path):
+    from tests.test_security_browser import HOSTILE, assert_literal
+    stem = HOSTILE.replace("/", "").replace('"', "'")  # no slash in a file name; Chromium sends " as %22
+    hostile = tmp_path / f"{stem}.jsonl"
+    hostile.write_bytes((FIX / "xss_tokens.jsonl").read_bytes())
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes((FIX / "openai_chat.jsonl").read_bytes().replace(b'"logprob": -0.2,', b'"logprob": "abc",', 1))
+    with streamlit_server(store.path) as url, browser_page() as page:
+        page.goto(url + "/upload")
+        wait_for_app(page)
+        page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files([str(hostile), str(broken)])
+        page.get_by_text("openai_chat", exact=True).first.wait_for(timeout=60000)
+        wait_for_app(page)
+        assert_literal(page, "upload preview", stem)  # the file name, shown as text
+        page.get_by_text('broken.jsonl line 1: choices[0].logprobs.content[1].logprob is "abc"').wait_for()
+        names = page.locator("input[aria-label='Run name']")
+        assert names.count() == 1 and names.input_value() == stem
+        page.screenshot(path=str(tmp_path / "upload-two-files.png"), full_page=True)
+        page.get_by_role("button", name="Import").click()
+        page.get_by_text("imported as run #1").wait_for(timeout=60000)
+        wait_for_app(page)
+        assert_literal(page, "upload result", stem)
+        assert page.get_by_text("broken.jsonl line 1").count() == 1  # still listed, still blocked
+        assert page.get_by_role("button", name="Import").is_disabled()
+        page.screenshot(path=str(tmp_path / "upload-after-import.png"), full_page=True)
+    assert store.runs()["name"].tolist() == [stem]
