@@ -127,7 +127,11 @@ def cmd_runs(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_run
-    path = export_run(_store(args), args.run_id, args.output, args.format)
+    from .store import one_line
+    try:
+        path = export_run(_store(args), args.run_id, args.output, args.format)
+    except OSError as e:  # the output's disk (full, read-only) or folder
+        raise ThinkscopeError(f"{args.output}: cannot write the export: {e.strerror or one_line(e)}") from e
     echo(f"run {args.run_id} -> {path}")
     return 0
 
@@ -269,8 +273,7 @@ def _fault_message(args, e: Exception) -> str | None:
 
     from .store import Store, one_line
     if isinstance(e, OSError):
-        where = e.filename if e.filename is not None else (args.store or "thinkscope")
-        return f"{where}: {e.strerror or one_line(e)}"
+        return f"{e.filename}: {e.strerror or one_line(e)}" if e.filename is not None else one_line(e)
     if isinstance(e, duckdb.Error):
         return str(Store(args.store).error(e))
     return None

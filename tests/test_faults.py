@@ -539,3 +539,14 @@ def test_an_undecodable_file_name_imports_with_a_replacement_character(capsys, t
     runs = Store(tmp_path / "s.duckdb").runs()
     assert runs.name.tolist() == ["\ufffdname"]
     assert json.loads(runs.settings[0])["file"] == "\ufffdname.jsonl"
+
+
+def test_an_export_to_a_full_disk_is_one_line_naming_the_output(capsys, tmp_path):
+    s = Store(tmp_path / "s.duckdb")
+    ingest_file(s, big_chat_file(tmp_path / "big.jsonl", n=300))
+    with tmpfs(1) as d:
+        fill(d)
+        for out in ("r.parquet", "r.csv", "r.jsonl"):
+            rc, _, err = cli(capsys, "--store", s.path, "export", 1, d / out)
+            line = one_line_error(err, d / out)
+            assert rc == 2 and "No space left on device" in line, line
