@@ -26,6 +26,20 @@ FORMAT_VERSION = 1
 TRACE_FIELDS = ("trace_idx", "source_id", "prompt", "boundary", *TRACE_META_COLUMNS, "metadata")
 TOKEN_FIELDS = ("pos", "token_id", "token", "logprob", *ENTROPY_COLUMNS.values(),
                 "topk_ids", "topk_tokens", "topk_logprobs")
+#: a CSV cell that starts with one of these is a formula to a spreadsheet (OWASP's list for CSV
+#: injection); such a text cell is written with a quote in front, and so is one that starts with
+#: the quote itself, so that reading drops exactly one leading quote (``csv_text_back``)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_text(text: str) -> str:
+    """A text cell as the CSV export writes it (see ``FORMULA_START``)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def csv_text_back(cell: str) -> str:
+    """The text of a cell ``csv_text`` wrote."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def run_frame(store: Store, run_id: int) -> tuple[dict, pd.DataFrame]:
@@ -89,7 +103,12 @@ def export_run(store: Store, run_id: int, path: str | Path, fmt: str | None = No
             out[c] = [json.dumps(list(v) if v is not None else None, default=float) for v in out[c]]
         for key, value in info.items():
             out[f"run_{key}"] = json.dumps(value, default=str) if key == "settings" else value
-        out.to_csv(path, index=False)
+        for c in out.columns:
+            if out[c].dtype.kind not in "biuf":  # text cells (numbers, and lists as JSON, start no formula)
+                out[c] = out[c].map(lambda v: csv_text(v) if isinstance(v, str) else v)
+        # lines end in CRLF (RFC 4180): pandas quotes a cell that holds a CR only when the line
+        # terminator has one, and a bare CR in a cell would end its row when read
+        out.to_csv(path, index=False, lineterminator="\r\n")
     elif fmt == "jsonl":
         with path.open("w", encoding="utf-8") as f:
             f.write(json.dumps({"thinkscope_run": info}, default=str) + "\n")

@@ -227,3 +227,192 @@ def test_the_cli_says_one_line_for_a_surrogate(tmp_path):
     assert lines == ['thinkscope: error: model.jsonl line 1: the metadata field model is "m\\ud800", expected text '
                      '(its \\ud800 is half of a UTF-16 surrogate pair, not a character)']
     assert "Traceback" not in out.stderr
+
+
+# --------------------------------------------------------------------------- exports
+
+
+@pytest.fixture
+def exported(store, tmp_path):
+    """A run imported from a chat file and exported in every format: (store, {fmt: path})."""
+    from analysis.export import export_run
+    run = ingest_file(store, ROOT / "tests" / "fixtures" / "formats" / "openai_chat.jsonl").run_id
+    return store, {fmt: export_run(store, run, tmp_path / f"run.{fmt}") for fmt in ("parquet", "csv", "jsonl")}
+
+
+def refused_export(tmp_path: Path, path: Path) -> list[str]:
+    from analysis.store import Store
+    dst = Store(tmp_path / "dst.duckdb")
+    with pytest.raises(TraceError) as e:
+        ingest_file(dst, path)
+    assert dst.counts()["runs"] == 0
+    return getattr(e.value, "problems", [str(e.value)])
+
+
+def test_a_parquet_export_with_wrong_column_types_is_refused(exported, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t = pq.read_table(exported[1]["parquet"])
+    meta = t.schema.metadata
+    t = t.set_column(t.schema.get_field_index("token"), "token", pa.array(range(len(t)), pa.int64()))
+    t = t.set_column(t.schema.get_field_index("logprob"), "logprob", pa.array(["-0.1"] * len(t)))
+    t = t.set_column(t.schema.get_field_index("topk_logprobs"), "topk_logprobs", pa.array(["[]"] * len(t)))
+    pq.write_table(t.replace_schema_metadata(meta), tmp_path / "bad.parquet")
+    assert refused_export(tmp_path, tmp_path / "bad.parquet") == [
+        "bad.parquet: column token holds int64, expected a string",
+        "bad.parquet: column logprob holds string, expected a number",
+        "bad.parquet: column topk_logprobs holds string, expected a list of numbers"]
+    missing = pq.read_table(exported[1]["parquet"]).drop_columns(["logprob"])
+    pq.write_table(missing, tmp_path / "short.parquet")
+    assert refused_export(tmp_path, tmp_path / "short.parquet") == [
+        "short.parquet: no column logprob (a thinkscope export has trace_idx, token, logprob)"]
+
+
+def test_a_parquet_export_row_with_impossible_values_names_its_row(exported, tmp_path):
+    import pyarrow.parquet as pq
+    df = pq.read_table(exported[1]["parquet"]).to_pandas()
+    meta = pq.read_schema(exported[1]["parquet"]).metadata
+    df.loc[3, "logprob"] = 2.5
+    df.loc[6, "entropy_topk_renorm"] = 352.0
+    k = len(df.at[8, "topk_logprobs"])
+    df.at[8, "topk_ids"] = np.arange(k + 1, dtype=np.int32) + (1 << 30)
+    import pyarrow as pa
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(meta), tmp_path / "v.parquet")
+    assert refused_export(tmp_path, tmp_path / "v.parquet") == [
+        "v.parquet row 4: logprob is 2.5, expected a log-probability <= 0",
+        f"v.parquet row 9: topk_ids has {k + 1} entries and topk_logprobs {k}",
+        "v.parquet row 7: entropy_topk_renorm is 352.0, expected an entropy from 0 to ln(2 + 1) nats (from its 2 "
+        "alternatives)"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_exports_with_bad_values_name_line_and_field(exported, tmp_path, fmt):
+    text = exported[1][fmt].read_text()
+    if fmt == "csv":
+        import pandas as pd
+        df = pd.read_csv(exported[1]["csv"], dtype=str, keep_default_na=False)
+        df.loc[1, "logprob"] = "abc"
+        df.loc[2, "topk_logprobs"] = '["x"]'
+        df.loc[4, "correct"] = "maybe"
+        df.to_csv(tmp_path / "bad.csv", index=False)
+        path, want = tmp_path / "bad.csv", ['bad.csv line 3: logprob is "abc", expected a number',
+                                           'bad.csv line 4: topk_logprobs is ["x"], expected a list of numbers',
+                                           'bad.csv line 6: correct is "maybe", expected True, False or empty']
+    else:
+        lines = text.splitlines()
+        rec = json.loads(lines[2])
+        rec["logprob"][1] = "abc"
+        rec["metadata"] = [1, 2]
+        rec["topk_ids"][0] = [1.5]
+        path = tmp_path / "bad.jsonl"
+        path.write_text("\n".join([lines[0], lines[1], json.dumps(rec)]) + "\n")
+        want = ["bad.jsonl line 3: metadata is [1, 2], expected a JSON object",
+                'bad.jsonl line 3: logprob[1] is "abc", expected a number',
+                "bad.jsonl line 3: topk_ids[0] is [1.5], expected a list of integers"]
+    assert sorted(refused_export(tmp_path, path)) == sorted(want)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_export_run_info_that_is_not_an_object_is_one_line(exported, tmp_path, fmt):
+    src = exported[1][fmt]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        t = pq.read_table(src)
+        pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"thinkscope_run": b"[1, 2]"}), tmp_path / "l.parquet")
+        path, want = tmp_path / "l.parquet", "l.parquet: the Parquet metadata thinkscope_run is [1, 2], expected an " \
+                                             "object (the run's name, source, model and settings)"
+    elif fmt == "jsonl":
+        lines = src.read_text().splitlines()
+        path = tmp_path / "l.jsonl"
+        path.write_text("\n".join(['{"thinkscope_run": [1, 2]}', *lines[1:]]) + "\n")
+        want = "l.jsonl line 1: thinkscope_run is [1, 2], expected an object (the run's name, source, model and settings)"
+    else:
+        import pandas as pd
+        df = pd.read_csv(src, dtype=str, keep_default_na=False)
+        df["run_settings"] = "[1, 2]"
+        path = tmp_path / "l.csv"
+        df.to_csv(path, index=False)
+        want = "l.csv line 2: the run_ columns: settings is [1, 2], expected an object"
+    assert refused_export(tmp_path, path) == [want]
+    out = cli_ingest(tmp_path, path)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == f"thinkscope: error: {want}"
+    assert "Traceback" not in out.stderr
+    from analysis.export import read_export
+    with pytest.raises(TraceError, match="expected an object"):
+        read_export(path)
+
+
+def test_a_lone_surrogate_in_a_jsonl_export_is_refused(exported, tmp_path):
+    lines = exported[1]["jsonl"].read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["token"][2] = "x\udc00"
+    head = json.loads(lines[0])
+    head["thinkscope_run"]["model"] = "m\ud800"
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join([lines[0], json.dumps(rec), *lines[2:]]) + "\n")
+    assert refused_export(tmp_path, path) == ['s.jsonl line 2: token[2] is "x\\udc00", expected text (its \\udc00 is '
+                                              'half of a UTF-16 surrogate pair, not a character)']
+    path.write_text("\n".join([json.dumps(head), *lines[1:]]) + "\n")
+    assert refused_export(tmp_path, path) == ['s.jsonl line 1: thinkscope_run: model is "m\\ud800", expected text (its '
+                                              '\\ud800 is half of a UTF-16 surrogate pair, not a character)']
+
+
+# --------------------------------------------------------------------------- CSV formulas
+
+FORMULAS = ['=HYPERLINK("http://x.example","click")', "+cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0",
+            "-2+3", "\t=1+1", "\r=1+1", "'quoted", "''", "=", ""]
+
+
+def chat_file(path: Path, texts: list[str], model: str) -> Path:
+    tokens = [entry(s, -0.5, [(s, -0.5), (s + "!", -1.5)]) for s in texts]
+    return write(path, [chat(tokens, model=model)])
+
+
+def test_csv_export_neutralises_formulas_and_reads_them_back(store, tmp_path):
+    import csv
+    from analysis.export import FORMULA_START, export_run, read_export, run_frame
+    run = ingest_file(store, chat_file(tmp_path / "f.jsonl", FORMULAS, FORMULAS[1]), run_name="=HYPERLINK(\"x\")").run_id
+    path = export_run(store, run, tmp_path / "f.csv")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    cells = [c for r in rows[1:] for c in r]
+    numeric = {"logprob", "pos", "token_id", "trace_idx", "boundary", *[c for c in rows[0] if c.startswith("entropy")]}
+    texts = [c for r in rows[1:] for name, c in zip(rows[0], r) if name not in numeric]
+    assert not [c for c in texts if c.startswith(FORMULA_START[:-1])], "a text cell a spreadsheet would evaluate"
+    assert "'=HYPERLINK(\"x\")" in cells and "'-2+3" in cells and "''quoted" in cells
+    # numbers stay numbers: a negative logprob is no formula
+    assert any(c.startswith("-0.5") for c in cells)
+    info, traces = read_export(path)
+    assert info["name"] == "=HYPERLINK(\"x\")" and info["model"] == FORMULAS[1]
+    assert traces[0].tokens == FORMULAS
+    from analysis.store import Store
+    dst = Store(tmp_path / "dst.duckdb")
+    back = ingest_file(dst, path).run_id
+    a, b = run_frame(store, run)[1], run_frame(dst, back)[1]
+    assert a["token"].tolist() == b["token"].tolist() and a["topk_tokens"].map(list).tolist() == \
+        b["topk_tokens"].map(list).tolist()
+    assert export_run(dst, back, tmp_path / "again.csv").read_bytes() == path.read_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text())
+def test_csv_text_cells_round_trip_and_never_start_a_formula(text):
+    from analysis.export import FORMULA_START, csv_text, csv_text_back
+    cell = csv_text(text)
+    assert csv_text_back(cell) == text
+    assert not cell.startswith(FORMULA_START[:-1])
+
+
+@settings(max_examples=8, deadline=None)
+@given(texts=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+                      min_size=1, max_size=5),
+       name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12))
+def test_any_text_round_trips_through_the_csv_export(tmp_path_factory, texts, name):
+    from analysis.export import export_run, read_export
+    from analysis.store import Store
+    d = tmp_path_factory.mktemp("csv")
+    src = Store(d / "s.duckdb")
+    run = ingest_file(src, chat_file(d / "t.jsonl", texts, name), run_name=name).run_id
+    info, traces = read_export(export_run(src, run, d / "t.csv"))
+    assert (info["name"], info["model"]) == (name, name) and traces[0].metadata["model"] == name
+    assert traces[0].tokens == texts and [r[0] for r in traces[0].topk_tokens] == texts

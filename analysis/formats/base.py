@@ -284,8 +284,9 @@ _NUM_OR_NONE = {float, int, type(None)}
 @dataclass(frozen=True)
 class Where:
     """Where a reader found a token's fields, for messages: templates of ``i`` (the token),
-    ``j`` (the alternative) and ``text`` (the alternative's text, shown as JSON). ``lines``: token
-    ``i`` is on line ``lines[i]`` (tables); otherwise all are on the record's line."""
+    ``j`` (the alternative), ``text`` (the alternative's text, shown as JSON) and ``name``
+    (``names[j]``: the alternative's column in a table). ``lines``: token ``i`` is on line
+    ``lines[i]`` (tables); otherwise all are on the record's line."""
 
     token: str                        # the token's text
     value: str                        # its logprob (or probability)
@@ -295,6 +296,7 @@ class Where:
     alt_value: str                    # and its logprob
     probs: bool = False               # the file holds probabilities, not logprobs
     lines: Any = None
+    names: Any = None
 
     @classmethod
     def of(cls, path: str, keys: "Keys") -> "Where":
@@ -305,6 +307,10 @@ class Where:
 
     def line(self, i: int) -> int | None:
         return None if self.lines is None else int(self.lines[i])
+
+    def path(self, template: str, t: "Tokens", i: int, j: int = 0) -> str:
+        """One of the templates, for token ``i`` (and alternative ``j``) of ``t``."""
+        return template.format(i=i, j=j, text=_alt_text(t, i, j), name=self.names[j] if self.names else "")
 
 
 def read_tokens(entries: Any, path: str, pr: Problems, keys: Keys = Keys()) -> Tokens:
@@ -346,22 +352,21 @@ def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
     what = "a probability <= 1" if where.probs else "a log-probability <= 0"
     shown = (lambda v: float(f"{math.exp(v):.12g}")) if where.probs else float
     for i in _first(np.flatnonzero(t.logprobs > LOGPROB_TOLERANCE), pr):
-        pr.bad(where.value.format(i=i), shown(t.logprobs[i]), what, where.line(i))
+        pr.bad(where.path(where.value, t, i), shown(t.logprobs[i]), what, where.line(i))
     if not "".join(t.tokens).isascii():
         for i, x in enumerate(t.tokens):
             at = lone_surrogate(x)
             if at is not None:
-                pr.bad(where.token.format(i=i), x, text_expected(x, at), where.line(i))
+                pr.bad(where.path(where.token, t, i), x, text_expected(x, at), where.line(i))
     if t.k:
         top = t.top_logprobs
         high = top > LOGPROB_TOLERANCE
         for i, j in _first(np.argwhere(high), pr):
-            pr.bad(where.alt_value.format(i=i, j=j, text=_alt_text(t, i, j)), shown(top[i, j]), what,
-                   where.line(i))
+            pr.bad(where.path(where.alt_value, t, i, j), shown(top[i, j]), what, where.line(i))
         usable = (top > SENTINEL_LOGPROB) & ~high
         mass = np.exp(np.where(usable, top, -np.inf)).sum(axis=1)
         for i in _first(np.flatnonzero(mass > 1.0 + MASS_TOLERANCE), pr):
-            pr.at(where.alts.format(i=i), f"the alternatives' probabilities sum to {mass[i]:.4g}, but those of "
+            pr.at(where.path(where.alts, t, i), f"the alternatives' probabilities sum to {mass[i]:.4g}, but those of "
                   f"one token sum to at most 1", where.line(i))
         _check_repeats(t, usable, pr, where)
         rows = t.top_tokens or ()
@@ -370,8 +375,7 @@ def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
                 for j, x in enumerate(row):
                     at = lone_surrogate(x) if x else None
                     if at is not None:
-                        pr.bad(where.alt_token.format(i=i, j=j, text=show(x)), x, text_expected(x, at),
-                               where.line(i))
+                        pr.bad(where.path(where.alt_token, t, i, j), x, text_expected(x, at), where.line(i))
     if pr.total > before:
         raise Skip
 
@@ -413,8 +417,8 @@ def _check_repeats(t: Tokens, usable: np.ndarray, pr: Problems, where: Where) ->
             j0 = seen.setdefault(x, j)
             if j0 == j:
                 continue
-            here = where.alt.format(i=i, j=j, text=_alt_text(t, i, j))
-            first = where.alt.format(i=i, j=j0, text=_alt_text(t, i, j0))
+            here = where.path(where.alt, t, i, j)
+            first = where.path(where.alt, t, i, j0)
             if x < LOCAL_ID_BASE:
                 pr.at(here, f"token id {x} is listed again (first at {first}); each alternative is listed once",
                       where.line(i))
