@@ -11,6 +11,10 @@ parse problem, streamed chunks, timestamp-looking strings, ``token_id:N`` tokens
 ids, a schema change between blocks, ...), it raises ``Fallback`` before yielding anything
 of the current block; the caller then continues with the slow path from the first record
 not yet read, and reports problems with exact line numbers.
+
+pyarrow never sees a block whose lines nest deeper than ``jsonstream.MAX_DEPTH`` (it crashes
+the process on very deep JSON) or a line over the per-record size limit: those blocks go to
+the record reader, which refuses them with their line.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pyarrow.json as pj
 from ..trace import Trace
 from . import openai_chat
 from .base import THINKING_FIELDS, Context, Tokens
+from .jsonstream import MAX_DEPTH, max_record_bytes, shallow
 
 BLOCK_BYTES = 4 << 20         # lines read and handled at once
 PARSE_BLOCK_BYTES = 1 << 20   # pyarrow's unit of parallel parsing
@@ -77,7 +82,7 @@ def batches(path: Path, ctx: Context, progress: Callable[[int], None] | None = N
                     if data is None:
                         ahead.append((_failed("a line that is not a JSON object"), numbers, done))
                     else:
-                        ahead.append((pool.submit(_parse, data, longest), numbers, done))
+                        ahead.append((pool.submit(_checked_parse, data, longest), numbers, done))
                 if not ahead:
                     return
                 future, numbers, done = ahead.popleft()
@@ -115,7 +120,10 @@ def _blocks(f) -> Iterator[tuple[memoryview | None, int, list[int], int]]:
             return
         cut = chunk.rfind(b"\n") + 1
         if not cut:
-            if len(chunk) == size:  # a line longer than a block: read it whole
+            if len(chunk) == size:  # a line longer than a block: read it whole, up to the limit
+                if size > max_record_bytes():
+                    yield None, size, [line_no + 1], pos
+                    return
                 size *= 2
                 continue
             cut = len(chunk)        # the last line, without a newline
@@ -144,6 +152,14 @@ def _failed(reason: str) -> Future:
     f: Future = Future()
     f.set_result(ValueError(reason))
     return f
+
+
+def _checked_parse(data: memoryview, longest: int) -> pa.Table | Exception:
+    """``_parse``, for a block whose lines nest at most MAX_DEPTH deep and balance; an error
+    (for the record reader to locate) without parsing otherwise."""
+    if not shallow(data):
+        return ValueError(f"a line nested deeper than {MAX_DEPTH} levels, or not JSON")
+    return _parse(data, longest)
 
 
 def _parse(data: memoryview, longest: int) -> pa.Table | Exception:

@@ -4,22 +4,168 @@ Nothing here holds the whole file: JSON Lines are read a line at a time, and an 
 pretty-printed document) is decoded element by element from a sliding text buffer. Every
 value comes with the line it starts on, for error messages. Server-sent-event dumps
 (``data: {...}`` lines, ``data: [DONE]``) are read as JSON Lines.
+
+Two limits guard every reader (and the columnar one in ``fastchat``) against hostile files:
+JSON nested deeper than ``MAX_DEPTH`` is refused before a parser descends into it (pyarrow's
+JSON reader crashes the process on ~100,000 levels, Python code recurses), and a single record
+larger than ``max_record_bytes()`` is refused before it is decoded (decoded, a record takes
+about ten times its size in memory).
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
+from ..trace import TraceError
 from .base import Problems, bad_utf8
 
 CHUNK = 1 << 20
-#: a single JSON value larger than this (in characters) is refused rather than buffered
-MAX_VALUE_CHARS = 256 << 20
+#: arrays and objects nested deeper than this inside one record are refused (traces nest ~10 deep)
+MAX_DEPTH = 64
+#: a single record (a JSON Lines line, an array element, a document) larger than this is
+#: refused; the environment variable THINKSCOPE_MAX_RECORD_MB overrides it
+MAX_RECORD_MB = 256
+RECORD_ENV = "THINKSCOPE_MAX_RECORD_MB"
 _WS = " \t\r\n"
 _decoder = json.JSONDecoder()
+
+
+def max_record_bytes() -> int:
+    """The per-record size limit in bytes (``MAX_RECORD_MB``, or THINKSCOPE_MAX_RECORD_MB)."""
+    raw = os.environ.get(RECORD_ENV, "").strip()
+    if not raw:
+        return MAX_RECORD_MB << 20
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = float("nan")
+    if not mb > 0:
+        raise TraceError(f"{RECORD_ENV} is {raw!r}; expected a size in MB above 0")
+    return int(mb * (1 << 20))
+
+
+def too_big(size: int, exact: bool = True) -> str:
+    """The problem for a record of ``size`` bytes (at least that many unless ``exact``)."""
+    limit = max_record_bytes()
+    what = f"{size / (1 << 20):,.1f} MB" if exact else f"more than {limit / (1 << 20):,.1f} MB"
+    return (f"a single record of {what}, over the limit of {limit / (1 << 20):,.1f} MB per record "
+            f"(set {RECORD_ENV} to raise it)")
+
+
+# --------------------------------------------------------------------------- nesting depth
+#
+# The check works on bytes at C speed: escaped quotes are blanked (numpy finds them from the
+# backslashes, which are rare), every byte but quotes, brackets and newlines is deleted
+# (bytes.translate), strings are removed (adjacent quote pairs first, which keeps the parity
+# of every other quote, then the few strings that hold brackets), and what is left is brackets
+# only: removing every innermost "[]" pair lowers the depth of all of it by one, so a text
+# that vanishes within MAX_DEPTH rounds nests no deeper. Lines are checked each on its own (a
+# pair is never removed across a newline); a line with an unterminated string or unbalanced
+# brackets fails the check, as does anything the check cannot read: its reader decides.
+
+_KEEP = b'"[]{}\n'
+_DELETE = bytes(b for b in range(256) if b not in _KEEP)
+_DELETE_NL = _DELETE + b"\n"
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_STRING = re.compile(rb'"[^"\n]*"')
+
+
+def _escaped_quotes(arr: np.ndarray) -> np.ndarray:
+    """Offsets of the quotes that a backslash escapes (after an odd run of backslashes)."""
+    bsp = np.flatnonzero(arr == 92)
+    if not bsp.size:
+        return bsp
+    first = np.empty(bsp.size, dtype=bool)
+    first[0] = True
+    np.not_equal(bsp[1:], bsp[:-1] + 1, out=first[1:])
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.append(starts, bsp.size))
+    after = bsp[starts] + lengths
+    after = after[(lengths & 1).astype(bool) & (after < arr.size)]
+    return after[arr[after] == 34]
+
+
+def _unquoted(data) -> bytes | bytearray:
+    """``data`` with its escaped quotes blanked (a copy only when it has some)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    esc = _escaped_quotes(arr)
+    if esc.size:
+        data = bytearray(data)
+        np.frombuffer(data, dtype=np.uint8)[esc] = 32
+    return data if isinstance(data, (bytes, bytearray)) else bytes(data)
+
+
+def shallow(data, lines: bool = True) -> bool:
+    """True when ``data`` (UTF-8 bytes, or any buffer of them) nests at most MAX_DEPTH deep and
+    its brackets and strings balance: each line on its own (``lines``), or the whole text as one
+    value (newlines are whitespace). False for deeper nesting and for broken JSON."""
+    rem = _unquoted(data).translate(None, _DELETE if lines else _DELETE_NL).replace(b'""', b"")
+    if b'"' in rem:
+        rem = _STRING.sub(b"", rem)
+    rem = rem.translate(_SQUARE)
+    for _ in range(MAX_DEPTH):
+        shorter = rem.replace(b"[]", b"")
+        if len(shorter) == len(rem):
+            break
+        rem = shorter
+    return rem.count(b"\n") == len(rem)
+
+
+def nesting(data) -> tuple[int, int] | None:
+    """(the deepest nesting in ``data``, the offset of its first bracket deeper than MAX_DEPTH
+    or -1) for the UTF-8 bytes of one JSON value (newlines are whitespace); None when its quotes
+    or brackets do not balance (not JSON: the parser says why). Exact, and slower than
+    ``shallow``."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    quote = arr == 34
+    quote[_escaped_quotes(arr)] = False
+    idx = np.flatnonzero(quote | ((arr | 0x26) == 0x7F))  # quotes and brackets (and Y _ y DEL)
+    rem = arr[idx]
+    outside = (np.cumsum(quote[idx], dtype=np.int64) & 1) == 0
+    opens = ((rem == 91) | (rem == 123)) & outside
+    closes = ((rem == 93) | (rem == 125)) & outside
+    depth = np.cumsum(opens.view(np.int8) - closes.view(np.int8), dtype=np.int64)
+    if not depth.size:
+        return 0, -1
+    if not outside[-1] or depth.min() < 0 or depth[-1] != 0:
+        return None
+    deeper = np.flatnonzero(depth > MAX_DEPTH)
+    return int(depth.max()), int(idx[deeper[0]]) if deeper.size else -1
+
+
+def depth_problem(data) -> tuple[int, str] | None:
+    """For one record's UTF-8 bytes nested deeper than MAX_DEPTH: (the newlines in it before
+    the spot, the problem naming its column); None if it is not, or if it is not JSON at all
+    (its parser reports that)."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH or shallow(data, lines=False):
+        return None
+    found = nesting(data)
+    if found is None or found[1] < 0:
+        return None
+    before = bytes(data[:found[1]])
+    start = before.rfind(b"\n") + 1
+    column = len(before[start:].decode("utf-8", "replace")) + 1
+    return before.count(b"\n"), f"JSON nested deeper than {MAX_DEPTH} levels (the limit) at column {column}"
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` for text from a file: ValueError for nesting deeper than MAX_DEPTH (found
+    before decoding) and for numbers Python will not convert, as for any bad JSON."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    problem = depth_problem(data)
+    if problem:
+        raise ValueError(problem[1])
+    try:
+        return json.loads(text)
+    except RecursionError as e:
+        raise ValueError(_unreadable(e)) from None
 
 
 def first_char(path: Path) -> str:
@@ -37,17 +183,38 @@ def first_char(path: Path) -> str:
                 return chr(s[0])
 
 
+def _read_line(f, limit: int) -> tuple[bytes, int]:
+    """The next line of ``f`` and its size in bytes; a line longer than ``limit`` is read past
+    (in pieces: never held whole) and comes back cut at ``limit + 1`` bytes, with its full size."""
+    raw = f.readline(limit + 1)
+    size = len(raw)
+    if size > limit and not raw.endswith(b"\n"):
+        while piece := f.readline(CHUNK):
+            size += len(piece)
+            if piece.endswith(b"\n"):
+                break
+    return raw, size
+
+
+def _first_line(path: Path) -> bytes:
+    """The first non-blank line, stripped (and cut at the record limit)."""
+    limit = max_record_bytes()
+    with open(path, "rb") as f:
+        while True:
+            raw, _ = _read_line(f, limit)
+            if not raw:
+                return b""
+            line = raw.strip().lstrip(b"\xef\xbb\xbf")
+            if line:
+                return line
+
+
 def is_json_lines(path: Path) -> bool:
     """True for plain JSON Lines: the first line is one complete JSON object (not SSE, not an
     array, not a pretty-printed document)."""
-    with open(path, "rb") as f:
-        for raw in f:
-            line = raw.strip().lstrip(b"\xef\xbb\xbf")
-            if not line:
-                continue
-            # a whole object on the first line; whether it parses is the reader's business
-            return line.startswith(b"{") and line.endswith(b"}")
-    return False
+    line = _first_line(path)
+    # a whole object on the first line; whether it parses is the reader's business
+    return line.startswith(b"{") and line.endswith(b"}")
 
 
 def iter_values(path: Path, pr: Problems, progress: Callable[[int], None] | None = None,
@@ -65,13 +232,7 @@ def iter_values(path: Path, pr: Problems, progress: Callable[[int], None] | None
         yield from _iter_document(path, pr, progress, limit, array=True)
         return
     # JSON Lines unless the first line alone is not a complete value (pretty-printed JSON)
-    with open(path, "rb") as f:
-        head = b""
-        for raw in f:
-            head = raw.strip().lstrip(b"\xef\xbb\xbf")
-            if head:
-                break
-    if c == "{" and not _complete(head):
+    if c == "{" and not _complete(_first_line(path)):
         yield from _iter_document(path, pr, progress, limit, array=False)
         return
     yield from _iter_lines(path, pr, progress, limit)
@@ -81,7 +242,7 @@ def _complete(line: bytes) -> bool:
     if line.startswith(b"data:") or (line.startswith(b"{") and line.endswith(b"}")):
         return True
     try:
-        json.loads(line)
+        loads(line)
         return True
     except ValueError:
         # a first line that is a whole but broken record is still JSON Lines
@@ -95,12 +256,20 @@ def _where(msg: str, column: int) -> str:
 
 
 def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int, Any]]:
-    n = done = 0
+    n = done = lineno = 0
+    max_bytes = max_record_bytes()
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            done += len(raw)
+        while True:
+            raw, size = _read_line(f, max_bytes)
+            if not raw:
+                break
+            lineno += 1
+            done += size
             if progress and lineno % 256 == 0:
                 progress(done)
+            if size > max_bytes:
+                pr.add(too_big(size), line=lineno)
+                continue
             line = raw.strip()
             if lineno == 1:
                 line = line.lstrip(b"\xef\xbb\xbf")
@@ -117,6 +286,10 @@ def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int
             except UnicodeDecodeError as e:
                 pr.add(bad_utf8(e, f"at column {e.start + 1}"), line=lineno)
                 continue
+            deep = depth_problem(line)
+            if deep:
+                pr.add(deep[1], line=lineno)
+                continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as e:
@@ -127,8 +300,8 @@ def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int
                 else:
                     pr.add(f"not valid JSON: {_where(e.msg, e.colno)}", line=lineno)
                 continue
-            except RecursionError:
-                pr.add("JSON nested too deeply", line=lineno)
+            except (ValueError, RecursionError) as e:  # a number of more digits than Python converts
+                pr.add(_unreadable(e), line=lineno)
                 continue
             yield lineno, value
             n += 1
@@ -140,6 +313,14 @@ def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int
             progress(done)
 
 
+def _unreadable(e: Exception) -> str:
+    """The problem when Python's json gives up on text without a syntax error: too deep for
+    its recursion, or a number of more digits than Python converts."""
+    if isinstance(e, RecursionError):
+        return f"JSON nested deeper than {MAX_DEPTH} levels (the limit)"
+    return f"not valid JSON: {str(e).split(';')[0]}"
+
+
 def _iter_document(path: Path, pr: Problems, progress, limit, array: bool) -> Iterator[tuple[int, Any]]:
     """Values of one top-level array (array=True) or of whitespace-separated documents."""
     dec = codecs.getincrementaldecoder("utf-8")("strict")
@@ -149,9 +330,15 @@ def _iter_document(path: Path, pr: Problems, progress, limit, array: bool) -> It
     n = 0
     eof = False
     read_bytes = 0
-    want = CHUNK
     opened = not array
     closed = False
+    max_bytes = max_record_bytes()
+
+    def buffered_bytes(start: int, stop: int | None = None) -> int:
+        """UTF-8 bytes of ``buf[start:stop]`` (of a value, or the part of it read so far)."""
+        stop = len(buf) if stop is None else stop
+        return stop - start if buf.isascii() else len(buf[start:stop].encode("utf-8", "surrogatepass"))
+
     with open(path, "rb") as f:
         def more(size: int) -> bool:
             nonlocal buf, pos, eof, read_bytes
@@ -224,22 +411,30 @@ def _iter_document(path: Path, pr: Problems, progress, limit, array: bool) -> It
                     value, end = _decoder.raw_decode(buf, pos)
                     break
                 except json.JSONDecodeError as e:
-                    if not eof and len(buf) - pos < MAX_VALUE_CHARS:
-                        want = max(CHUNK, len(buf) - pos)
-                        if more(want):
+                    # read on while the value so far is under the record limit (in bytes)
+                    so_far = buffered_bytes(pos) if (len(buf) - pos) * 4 > max_bytes else len(buf) - pos
+                    if not eof and so_far <= max_bytes:
+                        if more(min(max(CHUNK, len(buf) - pos), max_bytes + 1 - so_far + CHUNK)):
                             continue
-                    if eof and e.pos >= len(buf) - 1:
+                    if so_far > max_bytes:
+                        pr.add(too_big(so_far, exact=False), line=start_line)
+                    elif eof and e.pos >= len(buf) - 1:
                         what = "the JSON array never closes" if array else "the file ends in the middle of a JSON value"
                         pr.add(f"{what}: the last element is cut off ({e.msg})", line=start_line)
-                    elif len(buf) - pos >= MAX_VALUE_CHARS:
-                        pr.add(f"a single JSON value larger than {MAX_VALUE_CHARS >> 20} MB; "
-                               f"split the file into JSON Lines", line=start_line)
                     else:
                         col = e.pos - buf.rfind("\n", 0, e.pos)  # 1-based
                         pr.add(f"not valid JSON: {_where(e.msg, col)}", line=start_line + buf.count("\n", pos, e.pos))
                     return
-                except RecursionError:
-                    pr.add("JSON nested too deeply", line=start_line)
+                except (ValueError, RecursionError) as e:
+                    pr.add(_unreadable(e), line=start_line)
+                    return
+            if (end - pos) * 4 > max_bytes and (size := buffered_bytes(pos, end)) > max_bytes:
+                pr.add(too_big(size), line=start_line)
+                return
+            if buf.count("[", pos, end) + buf.count("{", pos, end) > MAX_DEPTH:
+                deep = depth_problem(buf[pos:end].encode("utf-8", "surrogatepass"))
+                if deep:
+                    pr.add(deep[1], line=start_line + deep[0])
                     return
             line += buf.count("\n", pos, end)
             pos = end
