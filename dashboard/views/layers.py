@@ -12,6 +12,7 @@ from dashboard import charts_layers as charts
 from dashboard import state
 from dashboard.tokens import label_token
 from dashboard.trace_views import trace_layers
+from dashboard.text import md
 
 LABELLED_TOKENS = 120     # up to this many tokens the heatmap's x axis shows the token texts
 MAX_HEATMAP_TOKENS = 800  # tokens drawn in one heatmap at most (a slider moves the window)
@@ -79,7 +80,7 @@ def heatmaps(trace_id: int, unit: str, boundary: int, lens_layer_ids: list[int],
                                        zmax=1.0, boundary=boundary)
         st.plotly_chart(fig, width="stretch", key="layers.attn_heatmap")
         # a toggle, not an expander: an expander's content is computed even when closed
-        if tl.heads is not None and st.toggle(f"Per head, layer {head_layer}", key="layers.show_heads"):
+        if tl.heads is not None and st.toggle(f"Per head, layer {md(head_layer)}", key="layers.show_heads"):
             st.plotly_chart(charts.head_heatmap(state.convert(tl.heads[start:stop], unit), shown,
                                                 head_layer, unit, offset=start),
                             width="stretch", key="layers.head_heatmap")
@@ -199,7 +200,7 @@ if lens is not None:
                     + (f" (every {every}th, and the last)" if every > 1 else ""))
 if attn is not None:
     recorded.append(f"attention entropy at all {len(attn_layer_ids)} layers, per head at layer "
-                    f"{info.get('head_layer', '?')}")
+                    f"{md(info.get('head_layer', '?'))}")
 st.caption("Recorded: " + "; ".join(recorded) + ". Row i is read at the position that predicted token i.")
 
 # ---------------------------------------------------------------- heatmaps
