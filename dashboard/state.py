@@ -185,9 +185,10 @@ def _picked_trace(key: str, run_id: int) -> None:
 
 
 def seed(key: str, value) -> None:
-    """Set a widget's value before it is drawn (only when it differs: no needless 'set' flag)."""
-    if st.session_state.get(key) != value:
-        st.session_state[key] = value
+    """Set a widget's value before it is drawn. Always written, never only when it differs: a
+    widget drawn anew (another page, other parameters) takes its value from a write, not
+    from what session state happens to hold under its key."""
+    st.session_state[key] = value
 
 
 def select_run(key: str, df: pd.DataFrame | None = None, default: int | None = None,
@@ -256,12 +257,14 @@ def select_trace(traces: pd.DataFrame, key: str, with_entropy: bool = True):
     return trace_id
 
 
-def valid_selection(key: str, options) -> None:
-    """Drop the remembered values of a multiselect that are not among its current options."""
-    if key in st.session_state:
-        kept = [v for v in st.session_state[key] if v in set(options)]
-        if kept != list(st.session_state[key]):
-            st.session_state[key] = kept
+def valid_selection(key: str, options) -> bool:
+    """Keep only the remembered values of a multiselect that are among its current options
+    (written back, see ``seed``); False when nothing is remembered (the widget takes its default)."""
+    if key not in st.session_state:
+        return False
+    allowed = set(options)
+    seed(key, [v for v in st.session_state[key] if v in allowed])
+    return True
 
 
 def valid_choice(key: str, options) -> None:

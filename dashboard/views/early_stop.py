@@ -213,9 +213,9 @@ row_of = {int(t): i for i, t in enumerate(m_all.rt.trace_ids[:200])}
 label_of = {t: f"trace {t} ({'✓' if m_all.rt.correct[i] > 0.5 else '✗'}, {int(m_all.rt.lengths[i])} tokens)"
             for t, i in row_of.items()}
 drawn_key = f"early_stop.drawn.{run_id}"
-state.valid_selection(drawn_key, label_of)
-picked = st.multiselect("Traces to draw", list(label_of), default=None if drawn_key in st.session_state
-                        else list(label_of)[:4], format_func=lambda t: label_of.get(t, f"trace {t}"),
+remembered = state.valid_selection(drawn_key, label_of)
+picked = st.multiselect("Traces to draw", list(label_of), default=None if remembered else list(label_of)[:4],
+                        format_func=lambda t: label_of.get(t, f"trace {t}"),
                         key=drawn_key, max_selections=MAX_DRAWN)
 running = es.running_mean(m_all.rt, k if mode == "streaming" else budget)
 drawn = []

@@ -123,7 +123,6 @@ if traces.empty:
     st.stop()
 
 trace_id = state.select_trace(traces, "explorer.trace")
-st.session_state["explorer.trace_id"] = trace_id
 row = traces.loc[traces.trace_id == trace_id].iloc[0]
 tt = state.cached(trace_text, int(trace_id))
 n = tt.n

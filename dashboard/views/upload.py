@@ -71,8 +71,7 @@ for key in [k for k, s in staged.items() if not s.path.exists()]:  # swept after
 
 
 def open_run(run_id: int) -> None:
-    st.session_state["selected.run_id"] = int(run_id)
-    st.session_state.pop("explorer.trace_id", None)
+    state.share(run_id)  # the new run becomes every page's run (its first trace)
     st.switch_page(EXPLORER)
 
 
