@@ -39,7 +39,8 @@ def convert(values, to_unit: str | None = None):
     return v / metrics.LN2 if u == "bits" else v
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+# a short ttl: a run whose writer was killed changes status without the file changing
+@st.cache_data(show_spinner=False, max_entries=64, ttl=5)
 def runs(path: str, version: int) -> pd.DataFrame:
     return Store(path).runs()
 
