@@ -91,11 +91,11 @@ def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
             hoverinfo="skip"))  # a unified hover would show the nearest fork at any position
     shapes, notes = [], []
     if tau is not None and np.isfinite(tau):
+        # named in the legend rather than on the line, where the forking points would cover it
         shapes.append(dict(type="line", xref="paper", x0=0, x1=1, y0=tau, y1=tau,
                            line=dict(color="#e11d48", dash="dash", width=1)))
-        notes.append(dict(xref="paper", x=0, y=tau, yanchor="bottom", xanchor="left", showarrow=False,
-                          text=f"τ = {tau:.3f} {unit}", font=dict(color="#9f1239", size=11),
-                          bgcolor="rgba(255,255,255,0.85)"))
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="lines", name=f"threshold τ = {tau:.3f} {unit}",
+                                   line=dict(color="#e11d48", dash="dash", width=1), hoverinfo="skip"))
     if boundary is not None and 0 < boundary < n:
         shapes.append(dict(type="line", yref="paper", y0=0, y1=1, x0=boundary - 0.5, x1=boundary - 0.5,
                            line=dict(color="#15803d", width=2)))

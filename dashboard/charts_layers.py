@@ -31,7 +31,7 @@ def _esc(text: str, limit: int = 30) -> str:
 def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[str], quantity: str,
                   unit: str, estimator: str, top1: Sequence[Sequence[str]] | None = None,
                   offset: int = 0, zmax: float | None = None, boundary: int | None = None,
-                  max_tick_labels: int = 40, y_title: str = "layer") -> go.Figure:
+                  max_tick_labels: int = 24, y_title: str = "layer") -> go.Figure:
     """Layer x token-position heatmap of ``values`` [T, len(layers)].
 
     The x axis is the completion token position, its ticks labelled with the tokens (every

@@ -123,7 +123,7 @@ def test_layers_page_is_labelled_and_reads_each_trace_once(layers_store, monkeyp
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     heat = specs[0]
     ticks = heat["layout"]["xaxis"]["ticktext"]
-    assert len(ticks) <= 40 and all(t.strip() for t in ticks)
+    assert len(ticks) <= 24 and all(t.strip() for t in ticks)
     assert "nats" in heat["data"][0]["hovertemplate"] and "top-1 at this layer" in heat["data"][0]["hovertemplate"]
     bands = [t for spec in specs for t in spec["data"] if t.get("fill") == "toself"]
     assert bands  # the lens profile's ±1 sd band; entropies are never negative, nor is the band

@@ -109,7 +109,7 @@ def test_curve_hover_and_axes_name_quantity_unit_and_estimator():
     assert any("H = %{y:.3f} bits (topk_renorm)" in t for t in templates)
     assert any("window H (next 4) = %{y:.3f} bits (topk_renorm)" in t for t in templates)
     assert fig.layout.yaxis.title.text == "entropy H (bits, topk_renorm)"
-    assert any("τ = 1.000 bits" in a.text for a in fig.layout.annotations)
+    assert any(t.name == "threshold τ = 1.000 bits" for t in fig.data)
     assert fig.data[0].customdata[0] == "␣x"
 
 
@@ -129,9 +129,9 @@ def test_heatmap_ticks_are_a_readable_subset_with_visible_whitespace():
     fig = charts_layers.layer_heatmap(np.random.default_rng(0).random((n, 30)), list(range(1, 31)), toks,
                                       "attention entropy", "nats", "mean over heads", offset=200)
     ax = fig.layout.xaxis
-    assert len(ax.tickvals) <= 40 and ax.tickvals[0] == 200 and ax.tickvals[1] - ax.tickvals[0] == 3
-    assert all(t.strip() for t in ax.ticktext) and ax.ticktext[0] == "␣"
-    assert "every 3 positions" in ax.title.text
+    assert len(ax.tickvals) <= 24 and ax.tickvals[0] == 200 and ax.tickvals[1] - ax.tickvals[0] == 5
+    assert all(t.strip() for t in ax.ticktext) and ax.ticktext[:3] == ("␣", "␣word", "↵")
+    assert "every 5 positions" in ax.title.text
     assert fig.data[0].customdata.shape == (30, n, 2)  # no top-1 tokens: position and token only
     hover = fig.data[0].hovertemplate
     assert "nats (mean over heads)" in hover

@@ -1,0 +1,218 @@
+"""Dashboard speed on long traces, as ratios to the targets (a ratio <= 1 meets its target).
+
+    PYTHONPATH=. .venv/bin/python bench/bench_dashboard.py [--rounds 5] [--no-browser]
+
+Stores (built with the store API, ``tests/long_traces.py``): one 8,000-token trace with
+top-20 alternatives, and a run of three 2,000-token traces with 30 layers of per-layer records.
+
+(a) Script time, through ``streamlit.testing.v1.AppTest``: opening the trace in the explorer
+    with empty caches, a window-slider move, a percentile-slider move and a unit toggle
+    (full reruns: AppTest does not rerun fragments alone), and opening the Layers page
+    with empty caches.
+(b) In headless Chromium against ``streamlit run``: the time from the input (page load, key
+    press on a slider, click on the unit) to ``data-test-script-state='notRunning'``
+    ("script") and to the page being visually settled ("settled": the last DOM change in the
+    app once the new values are drawn, after which nothing changed for 400 ms). Each round
+    starts a fresh server, so opening a trace finds empty caches (the server has already
+    served the Runs page, so module imports are not counted).
+
+Targets (issue 11): a slider move or unit toggle re-runs in <= 300 ms of script time and is
+settled in <= 1 s; opening the 8,000-token trace <= 1.5 s; opening a 2,000-token, 30-layer
+trace on Layers <= 1.5 s. Every measure is taken once per round, the rounds interleave all
+measures (so machine noise hits them alike), and the median over rounds is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.long_traces import layer_trace_store, long_trace_store  # noqa: E402
+
+# imported once here, so that AppTest's first "open" times the page, not module imports
+import dashboard.trace_views  # noqa: E402,F401
+import dashboard.charts_layers  # noqa: E402,F401
+
+TARGETS = {  # measure -> target in seconds
+    "AppTest explorer open": 1.5,
+    "AppTest window slider": 0.3,
+    "AppTest percentile slider": 0.3,
+    "AppTest unit toggle": 0.3,
+    "AppTest layers open": 1.5,
+    "browser explorer open (settled)": 1.5,
+    "browser window slider (script)": 0.3,
+    "browser window slider (settled)": 1.0,
+    "browser unit toggle (script)": 0.3,
+    "browser unit toggle (settled)": 1.0,
+    "browser layers open (settled)": 1.5,
+}
+
+# Records DOM changes in the app (not the status widget's animation) and script-state changes.
+INSTRUMENT = """
+window.__ts = {lastMut: performance.now(), states: []};
+new MutationObserver((muts) => {
+  const now = performance.now();
+  for (const m of muts) {
+    if (m.type === 'attributes' && m.attributeName === 'data-test-script-state') {
+      window.__ts.states.push([m.target.getAttribute('data-test-script-state'), now]);
+    }
+    const el = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+    if (el && el.closest && el.closest('[data-testid="stStatusWidget"]')) continue;
+    window.__ts.lastMut = now;
+  }
+}).observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+"""
+
+SETTLED = """([t0, quiet, check]) => {
+  const ts = window.__ts, app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  if (!ts.states.some(([s, t]) => s === 'running' && t >= t0)) return false;
+  if (!(new Function(check))()) return false;
+  return performance.now() - ts.lastMut > quiet;
+}"""
+
+TIMES = """(t0) => {
+  const done = window.__ts.states.filter(([s, t]) => s === 'notRunning' && t >= t0).map(([s, t]) => t);
+  return [(done[done.length - 1] - t0) / 1000, (window.__ts.lastMut - t0) / 1000];
+}"""
+
+EXPLORER_READY = ("return document.querySelector('span.tok') && "
+                  "document.querySelector('[data-testid=\"stPlotlyChart\"] .main-svg .xtitle')")
+LAYERS_READY = "return document.querySelectorAll('.js-plotly-plot .heatmaplayer image').length >= 2"
+
+
+def curve_says(text: str) -> str:
+    """A check that the explorer's entropy curve (first chart) shows ``text`` in its legend or axes."""
+    return ("const p = document.querySelector('[data-testid=\"stPlotlyChart\"] .main-svg');"
+            f"return p && p.parentElement.parentElement.textContent.includes({text!r});")
+
+
+# --------------------------------------------------------------------------- AppTest
+
+
+def apptest_round(long_path: Path, layers_path: Path, w: int, pct: float, unit: str) -> dict[str, float]:
+    import os
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    def timed(at) -> float:
+        t0 = time.perf_counter()
+        at.run()
+        dt = time.perf_counter() - t0
+        assert not at.exception, [e.value for e in at.exception]
+        return dt
+
+    def by_label(widgets, label: str):
+        return next(x for x in widgets if x.label.startswith(label))
+
+    out = {}
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    os.environ["THINKSCOPE_STORE"] = str(long_path)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "explorer.py"), default_timeout=120)
+    out["AppTest explorer open"] = timed(at)
+    by_label(at.slider, "Window w").set_value(w)
+    out["AppTest window slider"] = timed(at)
+    by_label(at.slider, "Percentile").set_value(pct)
+    out["AppTest percentile slider"] = timed(at)
+    at.session_state["unit"] = unit
+    out["AppTest unit toggle"] = timed(at)
+    os.environ["THINKSCOPE_STORE"] = str(layers_path)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "layers.py"), default_timeout=120)
+    out["AppTest layers open"] = timed(at)
+    return out
+
+
+# --------------------------------------------------------------------------- browser
+
+
+def settle(page, t0: float, check: str, quiet_ms: int = 400, timeout_ms: int = 120000) -> tuple[float, float]:
+    """Wait until the page is settled after the input at ``t0``; (script, settled) seconds."""
+    page.wait_for_function(SETTLED, arg=[t0, quiet_ms, check], timeout=timeout_ms, polling=50)
+    return tuple(page.evaluate(TIMES, t0))
+
+
+def now(page) -> float:
+    return page.evaluate("performance.now()")
+
+
+def browser_round(long_path: Path, layers_path: Path, w: int) -> dict[str, float]:
+    from tests.browser import browser_page, streamlit_server, wait_for_app
+
+    out = {}
+    with streamlit_server(long_path) as url, browser_page(width=1440, height=1000) as page:
+        page.add_init_script(INSTRUMENT)
+        page.goto(url)  # the Runs page: imports done, trace caches still empty
+        wait_for_app(page)
+        page.goto("about:blank")
+        t_nav = time.perf_counter()
+        page.goto(url + "/explorer")
+        t0 = now(page) - (time.perf_counter() - t_nav) * 1000  # the navigation's start, page clock
+        _, out["browser explorer open (settled)"] = settle(page, t0, EXPLORER_READY)
+        thumb = page.locator("[data-testid='stSlider']").filter(has_text="Window w").locator("input[type='range']")
+        thumb.focus()
+        current = int(thumb.get_attribute("value"))
+        t0 = now(page)
+        for _ in range(abs(w - current)):
+            page.keyboard.press("ArrowRight" if w > current else "ArrowLeft")
+        out["browser window slider (script)"], out["browser window slider (settled)"] = settle(
+            page, t0, curve_says(f"next {w} tokens"))
+        t0 = now(page)
+        page.locator("[data-testid='stSidebar']").get_by_text("bits", exact=True).click()
+        out["browser unit toggle (script)"], out["browser unit toggle (settled)"] = settle(
+            page, t0, curve_says("bits"))
+    with streamlit_server(layers_path) as url, browser_page(width=1440, height=1000) as page:
+        page.add_init_script(INSTRUMENT)
+        page.goto(url)
+        wait_for_app(page)
+        page.goto("about:blank")
+        t_nav = time.perf_counter()
+        page.goto(url + "/layers")
+        t0 = now(page) - (time.perf_counter() - t_nav) * 1000
+        _, out["browser layers open (settled)"] = settle(page, t0, LAYERS_READY)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-browser", action="store_true", help="script times only (AppTest)")
+    ap.add_argument("--tokens", type=int, default=8000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
+    long_path, layers_path = tmp / "long.duckdb", tmp / "layers.duckdb"
+    long_trace_store(long_path, args.tokens)
+    layer_trace_store(layers_path)
+    print(f"stores in {tmp}: one {args.tokens:,}-token trace (top-20); three 2,000-token traces x 30 layers")
+    samples: dict[str, list[float]] = {k: [] for k in TARGETS}
+    for r in range(args.rounds):
+        w, pct, unit = (5, 90.0, "bits") if r % 2 == 0 else (6, 92.5, "bits")
+        measures = apptest_round(long_path, layers_path, w, pct, unit)
+        if not args.no_browser:
+            measures.update(browser_round(long_path, layers_path, w))
+        for k, v in measures.items():
+            samples[k].append(v)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in measures.items()), flush=True)
+    print(f"\nmedian of {args.rounds} rounds; ratio = median / target (<= 1 meets the target)")
+    worst = 0.0
+    for k, target in TARGETS.items():
+        if not samples[k]:
+            continue
+        med = statistics.median(samples[k])
+        worst = max(worst, med / target)
+        print(f"  {k:<34} {med * 1000:7.0f} ms  target {target * 1000:5.0f} ms  ratio {med / target:5.2f}"
+              f"  (range {min(samples[k]) * 1000:.0f}-{max(samples[k]) * 1000:.0f} ms)")
+    print(f"worst ratio {worst:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
