@@ -27,10 +27,10 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
     tt = state.cached(trace_text, int(trace_id))
     h = tt.entropy[estimator]
     n = tt.n
-    c2, c3, c4 = st.columns([1, 1.4, 1.2])
-    w = c2.slider("Window w (tokens)", 1, 32, 4, key="explorer.w",
+    c1, c2, c3 = st.columns([1, 1.4, 1.2])
+    w = c1.slider("Window w (tokens)", 1, 32, 4, key="explorer.w",
                   help="Window entropy at t = mean entropy of tokens t+1 .. t+w (ARES, arXiv 2510.08457).")
-    method = c3.radio("Forking threshold τ", ["percentile", "corpus", "fixed"], horizontal=True,
+    method = c2.radio("Forking threshold τ", ["percentile", "corpus", "fixed"], horizontal=True,
                       key="explorer.method",
                       format_func={"percentile": "per-trace percentile", "corpus": "run top-%",
                                    "fixed": "fixed value"}.get,
@@ -39,15 +39,15 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
                            "value.")
     win = metrics.window_entropy(h, w).values
     if method == "percentile":
-        value = c4.slider("Percentile", 50.0, 100.0, 95.0, 0.5, key="explorer.pct")
+        value = c3.slider("Percentile", 50.0, 100.0, 95.0, 0.5, key="explorer.pct")
         tau = metrics.forking_threshold(win, "percentile", value)
     elif method == "corpus":
-        value = c4.slider("Top % of the run's tokens", 1.0, 50.0, 20.0, 1.0, key="explorer.top")
+        value = c3.slider("Top % of the run's tokens", 1.0, 50.0, 20.0, 1.0, key="explorer.top")
         corpus = state.cached(state.run_window_entropy, int(run_id), estimator, int(w))
         tau = metrics.forking_threshold(win, "corpus", value, corpus=corpus)
     else:
         top = float(np.nanmax(state.convert(win, unit))) if np.isfinite(win).any() else 1.0
-        value_disp = c4.slider(f"τ ({unit}, {estimator})", 0.0, max(round(top, 2), 0.01), min(1.0, top),
+        value_disp = c3.slider(f"τ ({unit}, {estimator})", 0.0, max(round(top, 2), 0.01), min(1.0, top),
                                0.01, key=f"explorer.fixed.{trace_id}.{estimator}.{unit}")
         value = value_disp * (metrics.LN2 if unit == "bits" else 1.0)
         tau = metrics.forking_threshold(win, "fixed", value)
