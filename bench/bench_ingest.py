@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -34,7 +35,9 @@ def chat_line(rng: random.Random, rid: str, n_tokens: int, k: int = 20) -> str:
     content = []
     for _ in range(n_tokens):
         alts = rng.sample(WORDS, k) if k <= len(WORDS) else [rng.choice(WORDS) for _ in range(k)]
-        lps = sorted((-rng.expovariate(1.0) for _ in range(k)), reverse=True)
+        # a distribution over the k alternatives (its probabilities sum to 0.95: some mass is elsewhere)
+        w = [rng.expovariate(1.0) ** 3 for _ in range(k)]
+        lps = sorted((math.log(0.95 * x / sum(w)) for x in w), reverse=True)
         tops = [{"token": a, "logprob": round(lp, 6), "bytes": list(a.encode())} for a, lp in zip(alts, lps)]
         content.append({"token": alts[0], "logprob": tops[0]["logprob"], "bytes": tops[0]["bytes"],
                         "top_logprobs": tops})

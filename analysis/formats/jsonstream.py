@@ -51,24 +51,28 @@ def max_record_bytes() -> int:
     return int(mb * (1 << 20))
 
 
+def _mb(size: float) -> str:
+    return f"{size / (1 << 20):,.1f} MB" if size >= 1 << 20 else f"{size / (1 << 20):.2g} MB"
+
+
 def too_big(size: int, exact: bool = True) -> str:
     """The problem for a record of ``size`` bytes (at least that many unless ``exact``)."""
     limit = max_record_bytes()
-    what = f"{size / (1 << 20):,.1f} MB" if exact else f"more than {limit / (1 << 20):,.1f} MB"
-    return (f"a single record of {what}, over the limit of {limit / (1 << 20):,.1f} MB per record "
-            f"(set {RECORD_ENV} to raise it)")
+    return (f"a single record of {'' if exact else 'more than '}{_mb(size)}, over the limit of {_mb(limit)} "
+            f"per record (set {RECORD_ENV} to raise it)")
 
 
 # --------------------------------------------------------------------------- nesting depth
 #
-# The check works on bytes at C speed: escaped quotes are blanked (numpy finds them from the
-# backslashes, which are rare), every byte but quotes, brackets and newlines is deleted
-# (bytes.translate), strings are removed (adjacent quote pairs first, which keeps the parity
-# of every other quote, then the few strings that hold brackets), and what is left is brackets
-# only: removing every innermost "[]" pair lowers the depth of all of it by one, so a text
-# that vanishes within MAX_DEPTH rounds nests no deeper. Lines are checked each on its own (a
-# pair is never removed across a newline); a line with an unterminated string or unbalanced
-# brackets fails the check, as does anything the check cannot read: its reader decides.
+# The check runs at C speed on bytes (about 1.5 ms per MiB, measured on the ingest benchmark's
+# file): escaped quotes are blanked (numpy finds them next to backslashes), every byte but
+# quotes, brackets and newlines is deleted (bytes.translate), and strings go: when every quote
+# pairs with its neighbour (no string holds a bracket, the usual case), all quotes at once;
+# otherwise adjacent quote pairs first (which keeps every other quote's parity), then the few
+# strings that hold brackets. What is left is brackets, whose running sum is the depth. Across
+# lines the sum is an upper bound of each line's depth as long as it never drops below zero;
+# an unterminated string or a line that closes more than it opened fails the check (its
+# reader decides), and broken JSON that passes it is still no deeper than the limit.
 
 _KEEP = b'"[]{}\n'
 _DELETE = bytes(b for b in range(256) if b not in _KEEP)
@@ -103,26 +107,25 @@ def _unquoted(data) -> bytes | bytearray:
 
 
 def shallow(data, lines: bool = True) -> bool:
-    """True when ``data`` (UTF-8 bytes, or any buffer of them) nests at most MAX_DEPTH deep and
-    its brackets and strings balance: each line on its own (``lines``), or the whole text as one
-    value (newlines are whitespace). False for deeper nesting and for broken JSON."""
-    rem = _unquoted(data).translate(None, _DELETE if lines else _DELETE_NL).replace(b'""', b"")
-    if b'"' in rem:
-        rem = _STRING.sub(b"", rem)
-    rem = rem.translate(_SQUARE)
-    for _ in range(MAX_DEPTH):
-        shorter = rem.replace(b"[]", b"")
-        if len(shorter) == len(rem):
-            break
-        rem = shorter
-    return rem.count(b"\n") == len(rem)
+    """False when some line of ``data`` (UTF-8 bytes, or any buffer of them) may nest deeper than
+    MAX_DEPTH (or the whole text as one value, unless ``lines``: newlines are whitespace). True
+    means no line does; it may still be broken JSON, which its parser reports."""
+    rem = _unquoted(data).translate(None, _DELETE if lines else _DELETE_NL)
+    brackets = rem.translate(_SQUARE, b'"')
+    if 2 * rem.count(b'""') != len(rem) - len(brackets):
+        brackets = _STRING.sub(b"", rem.replace(b'""', b"")).translate(_SQUARE)
+        if b'"' in brackets:
+            return False
+    arr = np.frombuffer(brackets, dtype=np.uint8)
+    depth = np.cumsum((arr == 91).view(np.int8) - (arr == 93).view(np.int8), dtype=np.int32)
+    return not depth.size or (depth.min() >= 0 and depth.max() <= MAX_DEPTH)
 
 
-def nesting(data) -> tuple[int, int] | None:
+def nesting(data, prefix: bool = False) -> tuple[int, int] | None:
     """(the deepest nesting in ``data``, the offset of its first bracket deeper than MAX_DEPTH
-    or -1) for the UTF-8 bytes of one JSON value (newlines are whitespace); None when its quotes
-    or brackets do not balance (not JSON: the parser says why). Exact, and slower than
-    ``shallow``."""
+    or -1) for the UTF-8 bytes of one JSON value (newlines are whitespace), or of its beginning
+    (``prefix``); None when its quotes or brackets do not balance (not JSON: the parser says
+    why). Exact, and slower than ``shallow``."""
     arr = np.frombuffer(data, dtype=np.uint8)
     quote = arr == 34
     quote[_escaped_quotes(arr)] = False
@@ -134,19 +137,19 @@ def nesting(data) -> tuple[int, int] | None:
     depth = np.cumsum(opens.view(np.int8) - closes.view(np.int8), dtype=np.int64)
     if not depth.size:
         return 0, -1
-    if not outside[-1] or depth.min() < 0 or depth[-1] != 0:
+    if not prefix and (not outside[-1] or depth.min() < 0 or depth[-1] != 0):
         return None
     deeper = np.flatnonzero(depth > MAX_DEPTH)
     return int(depth.max()), int(idx[deeper[0]]) if deeper.size else -1
 
 
-def depth_problem(data) -> tuple[int, str] | None:
-    """For one record's UTF-8 bytes nested deeper than MAX_DEPTH: (the newlines in it before
-    the spot, the problem naming its column); None if it is not, or if it is not JSON at all
-    (its parser reports that)."""
-    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH or shallow(data, lines=False):
+def depth_problem(data, prefix: bool = False) -> tuple[int, str] | None:
+    """For one record's UTF-8 bytes (or its beginning: ``prefix``) nested deeper than MAX_DEPTH:
+    (the newlines in it before the spot, the problem naming its column); None if it is not, or
+    if it is not JSON at all (its parser reports that)."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH or (not prefix and shallow(data, lines=False)):
         return None
-    found = nesting(data)
+    found = nesting(data, prefix)
     if found is None or found[1] < 0:
         return None
     before = bytes(data[:found[1]])
@@ -184,13 +187,14 @@ def first_char(path: Path) -> str:
 
 
 def _read_line(f, limit: int) -> tuple[bytes, int]:
-    """The next line of ``f`` and its size in bytes; a line longer than ``limit`` is read past
-    (in pieces: never held whole) and comes back cut at ``limit + 1`` bytes, with its full size."""
+    """The next line of ``f`` and its size in bytes (without its newline); a line longer than
+    ``limit`` is read past (in pieces: never held whole) and comes back cut at ``limit + 1``
+    bytes, with its full size."""
     raw = f.readline(limit + 1)
-    size = len(raw)
-    if size > limit and not raw.endswith(b"\n"):
+    size = len(raw) - raw.endswith(b"\n")
+    if size > limit:
         while piece := f.readline(CHUNK):
-            size += len(piece)
+            size += len(piece) - piece.endswith(b"\n")
             if piece.endswith(b"\n"):
                 break
     return raw, size
@@ -264,7 +268,7 @@ def _iter_lines(path: Path, pr: Problems, progress, limit) -> Iterator[tuple[int
             if not raw:
                 break
             lineno += 1
-            done += size
+            done += size + 1
             if progress and lineno % 256 == 0:
                 progress(done)
             if size > max_bytes:
@@ -426,7 +430,9 @@ def _iter_document(path: Path, pr: Problems, progress, limit, array: bool) -> It
                         pr.add(f"not valid JSON: {_where(e.msg, col)}", line=start_line + buf.count("\n", pos, e.pos))
                     return
                 except (ValueError, RecursionError) as e:
-                    pr.add(_unreadable(e), line=start_line)
+                    deep = isinstance(e, RecursionError) and depth_problem(
+                        buf[pos:].encode("utf-8", "surrogatepass"), prefix=True)
+                    pr.add(deep[1] if deep else _unreadable(e), line=start_line + (deep[0] if deep else 0))
                     return
             if (end - pos) * 4 > max_bytes and (size := buffered_bytes(pos, end)) > max_bytes:
                 pr.add(too_big(size), line=start_line)

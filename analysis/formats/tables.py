@@ -14,7 +14,6 @@ entropies.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..store import ENTROPY_COLUMNS, TRACE_META_COLUMNS, json_settings
 from ..trace import Trace, TraceError
 from .base import (Context, Problems, Skip, Tokens, Where, bad_utf8, check_text, check_tokens, map_metadata,
                    show)
+from .jsonstream import loads
 
 TABLE = "token_table"
 TABLE_TITLE = "Token table (Parquet or CSV, one row per token)"
@@ -59,7 +59,7 @@ _WIDE_RE = re.compile(r"^(?:top|alt|topk|top_k)_?(\d+)_(token|text|tok|logprob|l
 def parquet_export_info(path: Path) -> dict | None:
     meta = pq.ParquetFile(path).schema_arrow.metadata or {}
     raw = meta.get(b"thinkscope_run")
-    return json.loads(raw) if raw else None
+    return loads(raw) if raw else None
 
 
 def columns(path: Path) -> list[str]:
@@ -200,7 +200,7 @@ def _list_cell(v: Any, name: str, line: int, pr: Problems) -> list | None:
         if not v.strip():
             return None
         try:
-            x = json.loads(v)
+            x = loads(v)
         except ValueError:
             pr.add(f"{name} is {show(v)}, expected a JSON list", line=line)
             raise Skip
@@ -387,7 +387,7 @@ def export_info(path: Path, container: str) -> dict:
         info = {c[4:]: csv_text_back(head[c].iloc[0]) for c in head.columns if c.startswith("run_")} if len(head) else {}
         if info.get("settings"):
             try:
-                info["settings"] = json.loads(info["settings"])
+                info["settings"] = loads(info["settings"])
             except ValueError:
                 raise TraceError(f"{name} line 2: run_settings is {show(info['settings'])}, expected a JSON object")
         for key in ("model", "source", "settings"):
@@ -596,7 +596,7 @@ def _holds(kind: str, v: Any) -> bool:
     if isinstance(v, dict):  # json: an object (JSON Lines), or its JSON text
         return True
     try:
-        return isinstance(v, str) and isinstance(json.loads(v), dict)
+        return isinstance(v, str) and isinstance(loads(v), dict)
     except ValueError:
         return False
 
