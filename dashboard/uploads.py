@@ -12,6 +12,7 @@ keeps the files), and the folders left by server processes that are gone.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -91,6 +92,18 @@ def release(upload) -> None:
         ctx.uploaded_file_mgr.remove_file(ctx.session_id, file_id)
 
 
+def trim_memory() -> None:
+    """Give the memory freed after reading a large file back to the system: pyarrow's pool and
+    glibc's heap otherwise keep it for reuse."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def discard(staged: Staged) -> None:
     staged.path.unlink(missing_ok=True)
 
@@ -129,7 +142,8 @@ def sweep(is_active: Callable[[str], bool], inactive_since: dict[str, float], no
 
 
 class Sweeper:
-    """One daemon thread per server process running ``sweep`` against the runtime's sessions."""
+    """One daemon thread per server process: ``sweep`` against the runtime's sessions, then
+    ``trim_memory``."""
 
     _thread: threading.Thread | None = None
     _lock = threading.Lock()
@@ -137,6 +151,14 @@ class Sweeper:
     @classmethod
     def start(cls) -> None:
         with cls._lock:
+            if cls._thread is None:
+                # pyarrow's default pool (mimalloc) keeps the pages of a large read for reuse; the
+                # system allocator gives them back (trim_memory). Server RSS after browser sessions
+                # that each previewed a 50 MB upload: about +125 MB with mimalloc, +70 MB with the
+                # system pool (then +2 MB a session either way).
+                import pyarrow as pa
+
+                pa.set_memory_pool(pa.system_memory_pool())
             if cls._thread is None or not cls._thread.is_alive():
                 cls._thread = threading.Thread(target=cls._run, name="thinkscope-upload-sweeper", daemon=True)
                 cls._thread.start()
@@ -151,4 +173,5 @@ class Sweeper:
             if runtime.exists():
                 rt = runtime.get_instance()
                 sweep(rt.is_active_session, inactive, time.monotonic(), grace)
+            trim_memory()
             time.sleep(min(30.0, max(1.0, grace / 4)))

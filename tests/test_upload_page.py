@@ -274,6 +274,8 @@ def test_browser_upload_sessions_leave_no_memory_or_files(store, tmp_path, monke
 
 @pytest.mark.slow
 def test_browser_upload_one_broken_file_blocks_only_itself(store, tmp_path):
+    from playwright.sync_api import expect
+
     from tests.test_security_browser import HOSTILE, assert_literal
     stem = HOSTILE.replace("/", "").replace('"', "'")  # no slash in a file name; Chromium sends " as %22
     hostile = tmp_path / f"{stem}.jsonl"
@@ -296,6 +298,6 @@ def test_browser_upload_one_broken_file_blocks_only_itself(store, tmp_path):
         wait_for_app(page)
         assert_literal(page, "upload result", stem)
         assert page.get_by_text("broken.jsonl line 1").count() == 1  # still listed, still blocked
-        assert page.get_by_role("button", name="Import").is_disabled()
+        expect(page.get_by_role("button", name="Import")).to_be_disabled(timeout=30000)
         page.screenshot(path=str(tmp_path / "upload-after-import.png"), full_page=True)
     assert store.runs()["name"].tolist() == [stem]

@@ -71,8 +71,7 @@ for key in [k for k, s in staged.items() if not s.path.exists()]:  # swept after
 
 
 def open_run(run_id: int) -> None:
-    state.share(run_id)  # the new run becomes every page's run (its first trace)
-    st.switch_page(EXPLORER)
+    state.open_page(EXPLORER, run_id)  # the new run becomes every page's run
 
 
 for i, (run_id, text) in enumerate(st.session_state.get(DONE, [])):
