@@ -56,3 +56,30 @@ def test_chart_text_is_escaped_once():
     prof = charts_layers.layer_profile(pd.DataFrame({"group": [name] * 2, "layer": [1, 2], "mean": [1.0, 2.0]}),
                                        "entropy", "nats", "full")
     assert prof.data[0].name == 'run "q" &lt;b&gt;b&lt;/b&gt;'
+
+
+def test_threshold_file_names_and_contents_show_as_text(tmp_path):
+    """A threshold file on Early stopping: its name and the values it holds reach st.error and
+    st.success as text."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from analysis import early_stop as es
+    from tests.difficulty_data import make_graded_store
+
+    store = make_graded_store(tmp_path / "graded.duckdb", runs=1)
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "views" / "early_stop.py"),
+                           default_timeout=60)
+    at.session_state["store.path"] = str(store.path)
+    at.run()
+    foreign = es.EarlyStopConfig(HOSTILE, "full", es.StopRule()).to_json()
+    name = "**t** [x](javascript:alert(1)).json"
+    for content, shown in [(b'{"kind": "x"}', [name]), (foreign.encode(), [HOSTILE])]:
+        at.file_uploader(key="early_stop.upload").set_value((name, content, "application/json"))
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        out = rendered(at.error[-1].value)
+        assert "<a " not in out and "<strong" not in out and "<b>" not in out, out
+        for text in shown:
+            assert html.escape(text, quote=False) in out.replace("&quot;", '"')
