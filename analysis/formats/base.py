@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..metrics import SENTINEL_LOGPROB
 from ..trace import Trace, TraceError
 
 #: problems listed in full before the rest are only counted
@@ -361,14 +360,16 @@ def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
     if t.k:
         top = t.top_logprobs
         high = top > LOGPROB_TOLERANCE
-        for i, j in _first(np.argwhere(high), pr):
+        any_high = bool(high.any())
+        for i, j in _first(np.argwhere(high), pr) if any_high else ():
             pr.bad(where.path(where.alt_value, t, i, j), shown(top[i, j]), what, where.line(i))
-        usable = (top > SENTINEL_LOGPROB) & ~high
-        mass = np.exp(np.where(usable, top, -np.inf)).sum(axis=1)
+        # sentinels (<= -9999) and -inf padding are probability 0 here too
+        p = np.exp(top, where=~high, out=np.zeros_like(top)) if any_high else np.exp(top)
+        mass = p.sum(axis=1)
         for i in _first(np.flatnonzero(mass > 1.0 + MASS_TOLERANCE), pr):
             pr.at(where.path(where.alts, t, i), f"the alternatives' probabilities sum to {mass[i]:.4g}, but those of "
                   f"one token sum to at most 1", where.line(i))
-        _check_repeats(t, usable, pr, where)
+        _check_repeats(t, p, pr, where)
         rows = t.top_tokens or ()
         if rows and not "".join(x for row in rows for x in row if x).isascii():
             for i, row in enumerate(rows):
@@ -392,18 +393,19 @@ def _alt_text(t: Tokens, i: int, j: int) -> str:
     return show(rows[i][j]) if rows is not None and i < len(rows) and j < len(rows[i]) else str(j)
 
 
-def _check_repeats(t: Tokens, usable: np.ndarray, pr: Problems, where: Where) -> None:
+def _check_repeats(t: Tokens, p: np.ndarray, pr: Problems, where: Where) -> None:
     """Alternatives listed twice for one token (see ``check_tokens``): by id where the file gives
-    ids, else by text (as run-local ids are given); those without probability are not compared."""
+    ids, else by text (as run-local ids are given); those without probability (``p``) are not
+    compared."""
     from ..store import LOCAL_ID_BASE
     if t.top_ids is not None:
-        ids = np.where(usable, t.top_ids, -1)
+        ids = t.top_ids
     elif t.top_tokens is not None:
         import pandas as pd
         flat = np.empty(t.n * t.k, dtype=object)
         flat[:] = [x for r in _pad_rows(t.top_tokens, t.k) for x in r]
         codes = pd.factorize(flat, use_na_sentinel=True)[0].reshape(t.n, t.k)
-        ids = np.where(usable & (codes >= 0), codes + LOCAL_ID_BASE, -1)
+        ids = np.where(codes >= 0, codes + LOCAL_ID_BASE, -1)
     else:
         return
     s = np.sort(ids, axis=1)
@@ -412,7 +414,7 @@ def _check_repeats(t: Tokens, usable: np.ndarray, pr: Problems, where: Where) ->
     for i in np.flatnonzero(twice).tolist():
         seen: dict[int, int] = {}
         for j, x in enumerate(ids[i].tolist()):
-            if x < 0:
+            if x < 0 or p[i, j] == 0:
                 continue
             j0 = seen.setdefault(x, j)
             if j0 == j:

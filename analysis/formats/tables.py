@@ -56,10 +56,17 @@ _WIDE_RE = re.compile(r"^(?:top|alt|topk|top_k)_?(\d+)_(token|text|tok|logprob|l
 # --------------------------------------------------------------------------- opening
 
 
-def parquet_export_info(path: Path) -> dict | None:
+def parquet_export_info(path: Path) -> Any:
+    """The run info of a Parquet export as its JSON reads (``export_info`` checks it; text that is
+    not JSON is returned as it is), or None for a file without it (not an export)."""
     meta = pq.ParquetFile(path).schema_arrow.metadata or {}
     raw = meta.get(b"thinkscope_run")
-    return loads(raw) if raw else None
+    if raw is None:
+        return None
+    try:
+        return loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
 
 
 def columns(path: Path) -> list[str]:
