@@ -1,6 +1,7 @@
 """The dashboard as an attacker meets it, in the real server and headless Chromium: where it
 listens, the access token when it is opened to the network, and names from files shown as
-text on every page (no markdown, link, LaTeX or HTML from a run name)."""
+text on every page (no markdown, link, LaTeX or HTML from a run name). The token gate's
+branches also run under AppTest."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import pytest
 
 from tests.browser import ROOT, browser_page, free_port, streamlit_server, wait_for_app
 
-pytestmark = pytest.mark.slow
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "formats"
 HOSTILE = '**bold** :red[red] [x](javascript:alert(1)) <b>b</b> $x^2$ "q"'
@@ -71,12 +71,14 @@ def thinkscope_dashboard(store_path: Path, *extra: str, env: dict | None = None)
                 os.killpg(proc.pid, 9)
 
 
+@pytest.mark.slow
 def test_dashboard_binds_only_loopback_by_default(store):
     with thinkscope_dashboard(store.path, env={"THINKSCOPE_TOKEN": None}) as (port, _, log):
         assert listening(port) == {"0100007F"}  # 127.0.0.1, and no other interface or IPv6
         assert "warning" not in log.read_text().lower()
 
 
+@pytest.mark.slow
 def test_network_dashboard_asks_for_the_token(store, tmp_path):
     from analysis.formats import ingest_file
     ingest_file(store, FIX / "openai_chat.jsonl", run_name="first run")
@@ -119,6 +121,7 @@ def test_network_dashboard_asks_for_the_token(store, tmp_path):
             assert page.get_by_role("heading", name="Runs").count() == 0
 
 
+@pytest.mark.slow
 def test_network_dashboard_without_token_when_asked(store):
     with thinkscope_dashboard(store.path, "--host", "0.0.0.0", "--no-token",
                               env={"THINKSCOPE_TOKEN": "ignored"}) as (port, _, log):
@@ -150,6 +153,7 @@ def assert_literal(page, where: str, expected: str = HOSTILE) -> None:
     assert not bad, f"{where}: markdown or HTML rendered: {bad}"
 
 
+@pytest.mark.slow
 def test_run_names_show_as_text_on_every_page(store, tmp_path):
     from analysis.formats import ingest_file
     # a level per trace puts the run on the Difficulty page too
@@ -170,3 +174,62 @@ def test_run_names_show_as_text_on_every_page(store, tmp_path):
             assert_literal(page, path)
             page.screenshot(path=str(tmp_path / f"hostile-{path}.png"), full_page=True)
     assert not dialogs
+
+
+@pytest.fixture
+def network_address():
+    """The server's address option as a network-facing server has it, restored afterwards."""
+    from streamlit import config
+    old = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    yield
+    config.set_option("server.address", old)
+
+
+def app(monkeypatch, store, **env) -> "AppTest":
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("THINKSCOPE_STORE", str(store.path))
+    for k in ("THINKSCOPE_TOKEN", "THINKSCOPE_NO_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+
+
+def test_gate_refuses_a_network_server_without_token(monkeypatch, store, network_address):
+    at = app(monkeypatch, store).run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["thinkscope"]
+    assert "no access token is set" in at.error[0].value
+    assert not at.text_input and not at.sidebar.radio  # no page, no sidebar
+    at = app(monkeypatch, store, THINKSCOPE_NO_TOKEN="1").run()
+    assert [t.value for t in at.title] == ["Runs"]
+
+
+def test_gate_asks_for_the_token(monkeypatch, store, network_address):
+    at = app(monkeypatch, store, THINKSCOPE_TOKEN="s3cret-token").run()
+    assert [t.value for t in at.title] == ["thinkscope"] and not at.error
+    at.text_input(key="auth.token").set_value("s3cret-tokeN")
+    at.button[0].click()
+    at.run()
+    assert [t.value for t in at.title] == ["thinkscope"]
+    assert at.error[0].value == "That token is not right."
+    at.text_input(key="auth.token").set_value("s3cret-token")
+    at.button[0].click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Runs"]
+    at.switch_page("views/upload.py").run()  # once per session
+    assert [t.value for t in at.title] == ["Upload trace files"]
+
+
+def test_gate_takes_the_token_from_the_address(monkeypatch, store, network_address):
+    at = app(monkeypatch, store, THINKSCOPE_TOKEN="s3cret-token")
+    at.query_params["token"] = "s3cret-token"
+    at.run()
+    assert [t.value for t in at.title] == ["Runs"]
+    assert "token" not in at.query_params
+    at = app(monkeypatch, store, THINKSCOPE_TOKEN="s3cret-token")
+    at.query_params["token"] = "wrong"
+    at.run()
+    assert [t.value for t in at.title] == ["thinkscope"] and at.text_input(key="auth.token")
