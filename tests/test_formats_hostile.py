@@ -300,3 +300,15 @@ def test_every_reader_gives_traces_or_a_located_error(fmt, case):
             return
     assert all(isinstance(t, Trace) for t in traces)
     assert depth <= LIMIT, "a record nested deeper than the limit was read"
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_key_that_is_not_utf8_is_located(tmp_path, fast):
+    """pyarrow keeps such a key (and failed on its name later): both readers locate it."""
+    path = tmp_path / "f.jsonl"
+    line = chat_line(0).encode()
+    path.write_bytes(line + b"\n" + line.replace(b'"model"', b'"\x80odel"', 1).replace(b"hostile-0", b"hostile-1") + b"\n")
+    ctx = Context(problems=Problems(path.name))
+    list(read_traces(path, ctx, "openai_chat", fast=fast))
+    column = line.index(b'"model"') + 2
+    assert ctx.problems.items == [f"f.jsonl line 2: not valid UTF-8 (byte 0x80, at column {column})"]

@@ -91,7 +91,10 @@ def batches(path: Path, ctx: Context, progress: Callable[[int], None] | None = N
                     raise Fallback(str(table)) from table
                 if table.num_rows != len(numbers):
                     raise Fallback("rows and lines disagree")
-                batch = table.combine_chunks().to_batches()[0]
+                try:
+                    batch = table.combine_chunks().to_batches()[0]
+                except (pa.ArrowException, ValueError) as e:  # a key that is not UTF-8, which pyarrow keeps
+                    raise Fallback(str(e)) from e
                 traces = _block(batch, ctx, numbers)
                 records += len(numbers)
                 if progress:
