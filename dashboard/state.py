@@ -78,10 +78,12 @@ def run_label(row) -> str:
 # (``?run=3&trace=12``), so a link opens the same view. A page's own picker is seeded from
 # the shared choice before it is drawn and writes back to it only when the user changes it,
 # so a page's default (the newest run, the run with most grades) never becomes the choice
-# of the other pages. A URL value this session did not write is a link being opened.
+# of the other pages. A URL value this session never wrote is a link being opened (any value
+# it wrote is an echo: the browser's URL can lag a run behind, and a page switch carries the
+# query string the browser last sent).
 
 SHARED_RUN, SHARED_TRACE = "selected.run_id", "selected.trace_id"
-_WRITTEN = "selected.url_written"  # {param: value} as this session last wrote them to the URL
+_WRITTEN = "selected.url_written"  # {param: every value this session wrote to the URL}
 
 
 def _url_int(param: str) -> int | None | str:
@@ -101,17 +103,16 @@ def _write_url(**values: int | None) -> None:
         if v is None:
             if param in st.query_params:
                 del st.query_params[param]
-            written.pop(param, None)
         else:
             if st.query_params.get(param) != str(v):
                 st.query_params[param] = str(v)
-            written[param] = str(v)
+            written.setdefault(param, set()).add(str(v))
 
 
 def _from_link(param: str):
     """The URL's value of ``param`` when it comes from a link (not written by this session)."""
     v = _url_int(param)
-    if v is None or st.session_state.get(_WRITTEN, {}).get(param) == str(v):
+    if v is None or str(v) in st.session_state.get(_WRITTEN, {}).get(param, ()):
         return None
     return v
 
@@ -130,6 +131,15 @@ def forget() -> None:
     """No shared run or trace any more (the run was deleted): pages fall back to their defaults."""
     st.session_state.pop(SHARED_RUN, None)
     st.session_state.pop(SHARED_TRACE, None)
+
+
+def open_page(page: str, run_id: int, trace_id: int | None = None) -> None:
+    """Switch to ``page`` on a run (and trace), shared, with them in the new page's URL."""
+    share(run_id, trace_id)
+    params = {"run": str(int(run_id))} | ({} if trace_id is None else {"trace": str(int(trace_id))})
+    for param, v in params.items():
+        st.session_state.setdefault(_WRITTEN, {}).setdefault(param, set()).add(v)
+    st.switch_page(page, query_params=params)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from analysis import grading
@@ -13,6 +15,7 @@ from dashboard.text import md
 
 PENDING = "generate.pending"  # the run being generated: {"after": newest run id before it, "name": ...}
 RESULT = "generate.result"    # the last run generated here, as shown under the button
+STOP_WAIT_S = 600             # how long a stop waits for the batch being generated
 
 st.title("Generate traces")
 st.caption("Runs a local transformers model and records, per token, the full-vocabulary entropy, "
@@ -28,13 +31,24 @@ def get_model(spec: str):
 
 
 def settle_pending() -> None:
-    """A run whose script was interrupted (Stop, or any other click) has ended: say what was kept."""
+    """A run whose script was stopped (Stop, or any other click) ends after its current batch,
+    in the stopped script's thread: wait for that, then say what was kept."""
     pending = st.session_state.pop(PENDING, None)
     if pending is None:
         return
+    s = state.store()
+    with st.spinner("Stopping after the current batch ..."):
+        t0 = time.monotonic()
+        while True:
+            runs = s.runs()
+            mine = runs[(runs["run_id"] > pending["after"]) & (runs["name"] == pending["name"])]
+            waited = time.monotonic() - t0
+            # the run row is written as the run starts: none after a few seconds means none at all
+            if mine.empty and waited > 5 or not mine.empty and mine["status"].iloc[-1] != "running" \
+                    or waited > STOP_WAIT_S:
+                break
+            time.sleep(0.5)
     st.cache_data.clear()
-    runs = state.store().runs()
-    mine = runs[(runs["run_id"] > pending["after"]) & (runs["name"] == pending["name"])]
     if mine.empty:
         st.session_state[RESULT] = {"run_id": None}
         return
@@ -48,16 +62,18 @@ def show_result() -> None:
     if res is None:
         return
     if res["run_id"] is None:
-        st.warning("Stopped before the run was created: nothing was stored.")
+        st.warning("Stopped before the first batch was stored: nothing was kept.")
         return
     what = f"Run #{res['run_id']}: {res['n_traces']} traces, {res['n_tokens']} tokens"
     if res["status"] == "complete":
         st.success(what + (f" in {res['seconds']:.1f} s." if res["seconds"] is not None else "."))
+    elif res["status"] == "running":
+        st.warning(f"{what} so far; the stopped batch is still being generated (the run will be "
+                   "marked 'interrupted').")
     else:
         st.warning(f"{what} kept; the run was stopped and is marked '{res['status']}'.")
     if res["n_traces"] and st.button("Open in the trace explorer", key="generate.open"):
-        state.share(res["run_id"])
-        st.switch_page("views/explorer.py")
+        state.open_page("views/explorer.py", res["run_id"])
 
 
 settle_pending()

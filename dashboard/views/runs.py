@@ -48,8 +48,7 @@ with st.expander("Run details and settings", expanded=state.SHARED_RUN in st.ses
     st.json(json_settings(runs.loc[runs.run_id == run_id, "settings"].iloc[0]))
     c1, c2 = st.columns(2)
     if c1.button("Open in the trace explorer", key="runs.open"):
-        state.share(run_id)
-        st.switch_page("views/explorer.py")
+        state.open_page("views/explorer.py", run_id)
     with c2.popover("Delete run"):
         st.write("This removes the run and all its traces from the store.")
         if st.button("Delete for good", type="primary", key="runs.delete"):
