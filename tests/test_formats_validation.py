@@ -338,8 +338,10 @@ def test_export_run_info_that_is_not_an_object_is_one_line(exported, tmp_path, f
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == f"thinkscope: error: {want}"
     assert "Traceback" not in out.stderr
     from analysis.export import read_export
+    from analysis.formats import preview
     with pytest.raises(TraceError, match="expected an object"):
         read_export(path)
+    assert preview(path).problems == [want]  # what the Upload page shows before an import
 
 
 def test_a_lone_surrogate_in_a_jsonl_export_is_refused(exported, tmp_path):

@@ -696,30 +696,30 @@ class LocalIds:
         return {i: s for s, i in self.ids.items()}
 
 
-def check_text(pr: Problems, texts: Iterable[tuple[str, Any]]) -> None:
-    """Record a problem for each (what, value) whose text holds a lone surrogate (which no
-    store, terminal or page can write); values may be lists or objects of texts (keys too).
-    Raise Skip if there was one."""
+def check_text(pr: Problems, texts: Iterable[tuple[str, Any]], line: int | None = None) -> None:
+    """Record a problem (at ``line``, else the record's) for each (what, value) whose text holds
+    a lone surrogate (which no store, terminal or page can write); values may be lists or
+    objects of texts (keys too). Raise Skip if there was one."""
     before = pr.total
     for what, v in texts:
-        _check_text_value(pr, what, v)
+        _check_text_value(pr, what, v, line)
     if pr.total > before:
         raise Skip
 
 
-def _check_text_value(pr: Problems, what: str, v: Any) -> None:
+def _check_text_value(pr: Problems, what: str, v: Any, line: int | None) -> None:
     if isinstance(v, str):
         at = lone_surrogate(v)
         if at is not None:
-            pr.bad(what, v, text_expected(v, at))
+            pr.bad(what, v, text_expected(v, at), line)
     elif isinstance(v, dict):
         for k, x in v.items():
             name = f"{what}.{printable(str(k))}"
-            _check_text_value(pr, f"the name of {name}", k)
-            _check_text_value(pr, name, x)
+            _check_text_value(pr, f"the name of {name}", k, line)
+            _check_text_value(pr, name, x, line)
     elif isinstance(v, (list, tuple)):
         for i, x in enumerate(v):
-            _check_text_value(pr, f"{what}[{i}]", x)
+            _check_text_value(pr, f"{what}[{i}]", x, line)
 
 
 def _trace_texts(t: Tokens, prompt: str, source_id: Any, metadata: dict | None) -> Iterator[tuple[str, Any]]:

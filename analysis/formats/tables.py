@@ -14,6 +14,7 @@ entropies.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -383,44 +384,47 @@ _RUN_INFO = "an object (the run's name, source, model and settings)"
 ENTROPY_TOLERANCE = 1e-4
 
 
-def export_info(path: Path, container: str) -> dict:
-    """The run info (name, source, model, settings) an export carries, checked: an error names
-    the file and the field when it is not an object of such fields."""
-    name = path.name
+def export_info(path: Path, container: str, problems: Problems | None = None) -> dict:
+    """The run info (name, source, model, settings) an export carries, checked: what is not an
+    object of such fields is a problem naming the file and the field, recorded in ``problems``
+    (the info is then {}), or without them raised as a TraceError."""
+    pr = problems if problems is not None else Problems(path.name)
+    before = pr.total
+    info: Any = {}
     if container == "parquet":
-        return _checked_info(parquet_export_info(path), f"{name}: the Parquet metadata thinkscope_run")
-    if container == "csv":
+        info = _checked_info(parquet_export_info(path), "the Parquet metadata thinkscope_run", None, pr)
+    elif container == "csv":
         head = pd.read_csv(path, nrows=1, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         info = {c[4:]: csv_text_back(head[c].iloc[0]) for c in head.columns if c.startswith("run_")} if len(head) else {}
-        if info.get("settings"):
-            try:
-                info["settings"] = loads(info["settings"])
-            except ValueError:
-                raise TraceError(f"{name} line 2: run_settings is {show(info['settings'])}, expected a JSON object")
-        for key in ("model", "source", "settings"):
+        try:
+            info["settings"] = loads(info["settings"]) if info.get("settings") else None
+        except ValueError:
+            pr.bad("run_settings", info["settings"], "a JSON object", line=2)
+        for key in ("model", "source"):
             if info.get(key) == "":
                 info[key] = None
-        return _checked_info(info, f"{name} line 2: the run_ columns")
-    from .jsonstream import iter_values
-    for _, head in iter_values(path, Problems(name), limit=1):
-        if isinstance(head, dict) and "thinkscope_run" in head:
-            return _checked_info(head["thinkscope_run"], f"{name} line 1: thinkscope_run")
-    return {}
+        info = _checked_info(info, "the run_ columns", 2, pr) if pr.total == before else {}
+    else:
+        from .jsonstream import iter_values
+        for _, head in iter_values(path, Problems(path.name), limit=1):
+            if isinstance(head, dict) and "thinkscope_run" in head:
+                info = _checked_info(head["thinkscope_run"], "thinkscope_run", 1, pr)
+    if problems is None:
+        pr.raise_if_any()
+    return info if pr.total == before else {}
 
 
-def _checked_info(info: Any, where: str) -> dict:
+def _checked_info(info: Any, where: str, line: int | None, pr: Problems) -> dict:
     if not isinstance(info, dict):
-        raise TraceError(f"{where} is {show(info)}, expected {_RUN_INFO}")
+        pr.bad(where, info, _RUN_INFO, line)
+        return {}
     for key in ("name", "source", "model"):
         if info.get(key) is not None and not isinstance(info[key], str):
-            raise TraceError(f"{where}: {key} is {show(info[key])}, expected a string")
+            pr.bad(f"{where}: {key}", info[key], "a string", line)
     if info.get("settings") is not None and not isinstance(info["settings"], dict):
-        raise TraceError(f"{where}: settings is {show(info['settings'])}, expected an object")
-    pr = Problems(where)
-    try:
-        check_text(pr, ((key, info.get(key)) for key in ("name", "source", "model", "settings")))
-    except Skip:
-        raise TraceError(pr.items[0]) from None
+        pr.bad(f"{where}: settings", info["settings"], "an object", line)
+    with contextlib.suppress(Skip):
+        check_text(pr, [(f"{where}: {key}", info.get(key)) for key in ("name", "source", "model", "settings")], line)
     return info
 
 
@@ -428,11 +432,15 @@ def export_traces(path: Path, ctx: Context, progress=None, container: str = "par
     """Traces of a thinkscope export, value for value (see ``export_trace``), every column and
     row checked first: problems name the file, the line (a Parquet file's row) and the column."""
     pr = ctx.problems
+    if container == "parquet":
+        pr.unit = "row"
+    before = pr.total
+    export_info(path, container, pr)
+    if pr.total > before:
+        return
     if container == "json":
         yield from _export_jsonl(path, ctx, progress)
         return
-    if container == "parquet":
-        pr.unit = "row"
     if not _export_columns_ok(path, container, pr):
         return
     for first_line, g in group_traces(path, "trace_idx", pr, progress):
