@@ -151,3 +151,55 @@ def test_difficulty_page_regrades(graded_store):
     at.button(key="difficulty.regrade").click().run()
     _no_errors(at)
     assert at.success and "ungraded" in at.success[0].value
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    from tests.varied_store import varied_store
+    return varied_store(tmp_path_factory.mktemp("varied") / "varied.duckdb", long_tokens=200)
+
+
+@pytest.mark.parametrize("page", ["difficulty.py", "early_stop.py"])
+def test_pages_open_on_the_run_with_most_grades(varied, page):
+    at = _page(page, varied).run()  # the newest run (#8) is ungraded; #1 has the most grades
+    assert at.selectbox[0].label == "Run" and at.selectbox[0].value == 1
+    _no_errors(at)
+
+
+def test_difficulty_small_bins_get_no_verdict(varied):
+    at = _page("difficulty.py", varied)
+    at.session_state["selected.run_id"] = 2  # three levels of 4 traces each
+    at.run()
+    _no_errors(at)
+    assert any("No verdict: 3 bin(s) hold fewer than 5 traces" in w.value for w in at.warning)
+    assert not at.success
+    change = [m for m in at.metric if m.label.startswith("entropy change")]
+    assert change[0].value == "—" and "fewer than 5" in change[0].help
+    table = at.dataframe[0].value
+    assert "mean H (nats, full, all tokens)" in table.columns
+    acc = table["accuracy (% of graded)"].astype(float)
+    assert acc.between(0, 100).all() and (acc > 1).any()  # percent, not a fraction
+
+
+def test_difficulty_missing_interval_says_why(varied):
+    at = _page("difficulty.py", varied)
+    at.session_state["selected.run_id"] = 6  # one trace
+    at.run()
+    _no_errors(at)
+    table = at.dataframe[0].value
+    assert list(table["95% CI low"]) == ["— (one trace)"]
+    assert "None" not in table.to_string()
+
+
+def test_early_stop_threshold_starts_at_tau_mean_per_run(varied):
+    at = _page("early_stop.py", varied).run()
+    tau_mean = float(next(m.value for m in at.metric if m.label == "τ_mean").split()[0])
+    assert tau_slider(at).value == pytest.approx(tau_mean, abs=1e-3)
+    tau_slider(at).set_value(tau_slider(at).max).run()
+    at.selectbox[0].set_value(2).run()  # another run: its own τ_mean, not the last run's τ
+    _no_errors(at)
+    tau_mean2 = float(next(m.value for m in at.metric if m.label == "τ_mean").split()[0])
+    assert tau_slider(at).value == pytest.approx(tau_mean2, abs=1e-3)
+    drawn = at.multiselect[0]
+    assert drawn.label == "Traces to draw" and drawn.value
+    assert set(drawn.value) <= set(int(t) for t in varied.traces(2)["trace_id"])
