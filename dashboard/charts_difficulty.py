@@ -63,9 +63,11 @@ def u_shape_figure(summary: pd.DataFrame, run_labels: Mapping[int, str], unit: s
     fig.update_yaxes(title_text="accuracy (%)", range=[-5, 105], row=2, col=1)
     fig.update_yaxes(title_text="length (tokens)", row=3, col=1)
     fig.update_xaxes(title_text=axis_title, row=3, col=1)
-    fig.update_layout(height=640, barmode="group", margin=dict(l=70, r=20, t=60, b=50),
+    # the title at the top of the figure, the legend under it, above the plot: room for both
+    fig.update_layout(height=680, barmode="group", margin=dict(l=70, r=20, t=110, b=50),
                       title=dict(text=f"Mean sequence entropy per bin with 95% t-interval ({phase} tokens), "
-                                      "accuracy over graded traces, mean length", font=dict(size=14)),
+                                      "accuracy over graded traces, mean length", font=dict(size=14),
+                                 y=1, yref="container", yanchor="top", pad=dict(t=12)),
                       legend=dict(orientation="h", y=1.02, yanchor="bottom"))
     return fig
 
@@ -94,8 +96,14 @@ def tradeoff_figure(curves: Mapping[str, pd.DataFrame], points: Mapping[str, dic
     fig.update_layout(height=380, margin=dict(l=60, r=20, t=40, b=50),
                       title=dict(text="Savings vs accuracy, every τ (dotted: no early stop)", font=dict(size=14)),
                       xaxis_title="tokens saved (% of all tokens in the split)",
-                      yaxis_title="accuracy (% of graded traces)", legend=dict(orientation="h", y=-0.25))
+                      yaxis_title="accuracy (% of graded traces)", legend=dict(orientation="h", y=-0.3, yanchor="top"))
     return fig
+
+
+def _by_value(marks: Mapping[str, float]) -> list[tuple[str, float]]:
+    """The finite thresholds by value: the lower one's label goes left of its line, the higher
+    one's right, so that two close thresholds (tau_mean, tau_info) never overlap."""
+    return sorted(((k, v) for k, v in marks.items() if v is not None and np.isfinite(v)), key=lambda kv: kv[1])
 
 
 def threshold_figure(curves: Mapping[str, pd.DataFrame], tau: float, marks: Mapping[str, float], unit: str,
@@ -113,16 +121,16 @@ def threshold_figure(curves: Mapping[str, pd.DataFrame], tau: float, marks: Mapp
                                  line=dict(color=color, dash="dash", shape="hv")))
     fig.add_vline(x=tau * sc, line=dict(color="black", width=2),
                   annotation_text=f"τ = {tau * sc:.3f}", annotation_position="top")
-    for name, v in marks.items():
-        if v is not None and np.isfinite(v):
-            fig.add_vline(x=v * sc, line=dict(color="#64748b", dash="dot"),
-                          annotation_text=chart(name), annotation_position="bottom right")
-    fig.update_layout(height=380, margin=dict(l=60, r=20, t=40, b=50),
+    for i, (name, v) in enumerate(_by_value(marks)):
+        fig.add_vline(x=v * sc, line=dict(color="#64748b", dash="dot"),
+                      annotation_text=chart(name), annotation_position=f"bottom {('left', 'right')[i % 2]}")
+    # two title lines at the top of the figure, above the τ label: the chart sits in a column
+    fig.update_layout(height=420, margin=dict(l=60, r=20, t=90, b=50),
                       xaxis_title=axis_label("threshold τ", unit, estimator),
-                      title=dict(text="Tokens saved and accuracy kept (accuracy / no-stop accuracy) by τ",
-                                 font=dict(size=14)),
+                      title=dict(text="Tokens saved and accuracy kept<br>(accuracy / no-stop accuracy) by τ",
+                                 font=dict(size=14), y=1, yref="container", yanchor="top", pad=dict(t=10)),
                       yaxis_title="% of tokens / of accuracy",
-                      legend=dict(orientation="h", y=-0.25))
+                      legend=dict(orientation="h", y=-0.3, yanchor="top"))
     return fig
 
 
@@ -135,9 +143,9 @@ def calibration_figure(entropy: np.ndarray, correct: np.ndarray, marks: Mapping[
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=h[c], name="correct", marker_color="#16a34a", opacity=0.6, nbinsx=30))
     fig.add_trace(go.Histogram(x=h[~c], name="incorrect", marker_color="#dc2626", opacity=0.6, nbinsx=30))
-    for name, v in marks.items():
-        if v is not None and np.isfinite(v):
-            fig.add_vline(x=v * sc, line=dict(color="black", dash="dot"), annotation_text=chart(name))
+    for i, (name, v) in enumerate(_by_value(marks)):
+        fig.add_vline(x=v * sc, line=dict(color="black", dash="dot"), annotation_text=chart(name),
+                      annotation_position=f"top {('left', 'right')[i % 2]}")
     fig.update_layout(barmode="overlay", height=300, margin=dict(l=60, r=20, t=30, b=50),
                       xaxis_title=axis_label(signal, unit, estimator), yaxis_title="calibration traces")
     return fig

@@ -126,3 +126,25 @@ def test_layers_ticks_readable_and_labels_apart_at_three_widths(tmp_path, shots)
                              has_text="Entropy profile of this trace").scroll_into_view_if_needed()
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(shots / f"layers-profiles-{width}.png"))
+
+
+def test_difficulty_and_early_stop_labels_apart_at_three_widths(tmp_path, shots):
+    """The U-shape's title above its legend, and the τ_mean / τ_info labels on either side of
+    their lines, on the demo store (whose thresholds lie close together)."""
+    from analysis.demo import load_demo
+    from analysis.store import Store
+
+    store = Store(tmp_path / "demo.duckdb")
+    load_demo(store)
+    with streamlit_server(store.path) as url:
+        for width in WIDTHS:
+            with browser_page(width=width, height=1000) as page:
+                for path in ("/difficulty", "/early-stop"):
+                    page.goto(url + path)
+                    settle(page)
+                    page.wait_for_timeout(1500)
+                    name = path.strip("/")
+                    charts = [c for c in page.locator("[data-testid='stPlotlyChart']").all() if c.is_visible()]
+                    for i, chart in enumerate(charts[:4]):
+                        chart.screenshot(path=str(shots / f"{name}-{width}-chart{i}.png"), timeout=60000)
+                    assert page.evaluate(OVERLAPS) == [], (path, width)
