@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -426,3 +428,61 @@ def test_parquet_run_info_that_is_not_json_is_one_line(exported, tmp_path):
     assert refused_export(tmp_path, tmp_path / "j.parquet") == [
         "j.parquet: the Parquet metadata thinkscope_run is \"{oops\", expected an object (the run's name, source, "
         "model and settings)"]
+
+
+JSON_FIXTURES = sorted(p.name for p in (ROOT / "tests" / "fixtures" / "formats").iterdir()
+                       if p.suffix in (".jsonl", ".json") and not p.read_text().startswith("data:")
+                       and p.name != "batch_input.jsonl")
+
+
+def leaves(obj, path=()):
+    """Every (path, value) inside a JSON value."""
+    yield path, obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        yield from leaves(v, path + (k,))
+
+
+def _texts(t) -> list:
+    """Every text of a trace that reaches the store (its vocab included)."""
+    rows = t.topk_tokens or []
+    return [*t.tokens, t.prompt, t.source_id, json.dumps(t.metadata, ensure_ascii=False),
+            *(x for r in rows for x in r if x)]
+
+
+@pytest.mark.parametrize("fixture", JSON_FIXTURES)
+@settings(max_examples=25, deadline=None)
+@given(pick=st.integers(0, 10**6), surrogate=st.integers(0xD800, 0xDFFF), key=st.booleans())
+def test_a_lone_surrogate_anywhere_is_refused_or_never_reaches_the_store(fixture, pick, surrogate, key):
+    """Any text of any record (a value or a key) given a lone surrogate: the reader names it,
+    or what it reads holds none (the field is not read): never text DuckDB cannot write."""
+    text = (ROOT / "tests" / "fixtures" / "formats" / fixture).read_text()
+    records = json.loads(text) if text.lstrip().startswith(("[", "{\n")) else [json.loads(x) for x in text.splitlines() if x.strip()]
+    records = [records] if isinstance(records, dict) else records
+    rec = records[random.Random(pick).randrange(len(records))]
+    spots = [(p, v) for p, v in leaves(rec) if p and (isinstance(v, str) or key)]
+    path, value = spots[pick % len(spots)]
+    parent = rec
+    for p in path[:-1]:
+        parent = parent[p]
+    bad = chr(surrogate)
+    if key and isinstance(parent, dict):
+        parent[path[-1] + bad] = parent.pop(path[-1])
+    elif isinstance(value, str):
+        parent[path[-1]] = value[: pick % (len(value) + 1)] + bad + value[pick % (len(value) + 1):]
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"s{Path(fixture).suffix}"
+        p.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        pr = Problems(p.name)
+        try:
+            traces = list(read_traces(p, Context(problems=pr)))
+        except TraceError as e:
+            str(e).encode("utf-8")
+            return
+    for message in pr.items + pr.warnings:
+        message.encode("utf-8")
+    if not pr.total:
+        for t in traces:
+            for x in _texts(t):
+                if isinstance(x, str):
+                    x.encode("utf-8")
