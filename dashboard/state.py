@@ -257,12 +257,12 @@ def select_trace(traces: pd.DataFrame, key: str, with_entropy: bool = True):
     becomes the shared trace and goes into the URL. Its key is scoped by run and unit, since its
     labels depend on both."""
     ids = [int(t) for t in traces["trace_id"]]
-    by_id = {int(r.trace_id): r for r in traces.itertuples()}
+    labels = {int(r.trace_id): trace_label(r, with_entropy) for r in traces.itertuples()}  # in this run's unit
     run_id = int(traces["run_id"].iloc[0])
     scoped = f"{key}.{run_id}.{unit() if with_entropy else ''}"
     shared = st.session_state.get(SHARED_TRACE)
     seed(scoped, shared if shared in ids else ids[0])  # a page may offer a subset (Layers)
-    trace_id = st.selectbox("Trace", ids, format_func=lambda t: trace_label(by_id[t], with_entropy),
+    trace_id = st.selectbox("Trace", ids, format_func=labels.get,
                             key=scoped, on_change=_picked_trace, args=(scoped, run_id))
     _write_url(run=run_id, trace=trace_id)
     return trace_id
