@@ -138,9 +138,10 @@ def _choices(row: dict, where: str) -> list[str] | None:
     """Multiple-choice options from a list/dict field or from columns A, B, C, D ..."""
     raw = _pick(row, CHOICE_FIELDS)
     if isinstance(raw, str) and raw.strip().startswith(("[", "{")):
+        from .formats.jsonstream import loads  # depth-checked, like every reader's JSON
         try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
+            raw = loads(raw)
+        except ValueError:
             raise TraceError(f"{where}: field 'choices' is not a JSON list") from None
     if isinstance(raw, dict):
         return [str(raw[k]) for k in sorted(raw)]
@@ -202,21 +203,26 @@ def read_problems(path: str | Path, require_answers: bool = False) -> list[Probl
     where_of: list[str] = []
     suffix = p.suffix.lower()
     ra = require_answers
+    from .formats.jsonstream import loads  # depth-checked, like every reader's JSON
     if suffix in (".jsonl", ".ndjson"):
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = loads(line)
             except json.JSONDecodeError as e:
                 raise TraceError(f"{p.name} line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            except ValueError as e:  # nested too deep, or a number Python will not convert
+                raise TraceError(f"{p.name} line {lineno}: {e}") from None
             where_of.append(f"line {lineno}")
             out.append(_row_to_problem(row, f"{p.name} line {lineno}", len(out), ra))
     elif suffix == ".json":
         try:
-            rows = json.loads(text)
+            rows = loads(text)
         except json.JSONDecodeError as e:
             raise TraceError(f"{p.name} line {e.lineno}: invalid JSON ({e.msg})") from None
+        except ValueError as e:
+            raise TraceError(f"{p.name}: {e}") from None
         if not isinstance(rows, list):
             raise TraceError(f"{p.name}: expected a JSON array of prompts")
         for i, row in enumerate(rows):

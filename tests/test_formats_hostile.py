@@ -312,3 +312,14 @@ def test_a_key_that_is_not_utf8_is_located(tmp_path, fast):
     list(read_traces(path, ctx, "openai_chat", fast=fast))
     column = line.index(b'"model"') + 2
     assert ctx.problems.items == [f"f.jsonl line 2: not valid UTF-8 (byte 0x80, at column {column})"]
+
+
+@pytest.mark.parametrize("text", [nested(5_000, "array"), '{"prompt": "hi", "x": ' + nested(100_000, "object") + "}",
+                                  '{"prompt": "hi", "n": ' + "1" * 5000 + "}",
+                                  '{"prompt": "hi", "choices": "' + "[" * 5000 + '"}'])
+def test_prompt_files_refuse_hostile_json_with_a_located_error(tmp_path, text):
+    from analysis.problems import read_problems
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "What is 1 + 1?"}\n' + text + "\n")
+    with pytest.raises(TraceError, match=r"^p\.jsonl line 2: "):
+        read_problems(path)
