@@ -352,7 +352,7 @@ def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
     shown = (lambda v: float(f"{math.exp(v):.12g}")) if where.probs else float
     for i in _first(np.flatnonzero(t.logprobs > LOGPROB_TOLERANCE), pr):
         pr.bad(where.path(where.value, t, i), shown(t.logprobs[i]), what, where.line(i))
-    if not "".join(t.tokens).isascii():
+    if lone_surrogate("".join(t.tokens)) is not None:
         for i, x in enumerate(t.tokens):
             at = lone_surrogate(x)
             if at is not None:
@@ -371,7 +371,7 @@ def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
                   f"one token sum to at most 1", where.line(i))
         _check_repeats(t, p, pr, where)
         rows = t.top_tokens or ()
-        if rows and not "".join(x for row in rows for x in row if x).isascii():
+        if rows and lone_surrogate("".join(x for row in rows for x in row if x)) is not None:
             for i, row in enumerate(rows):
                 for j, x in enumerate(row):
                     at = lone_surrogate(x) if x else None
@@ -725,7 +725,7 @@ def _check_text_value(pr: Problems, what: str, v: Any, line: int | None) -> None
 def _trace_texts(t: Tokens, prompt: str, source_id: Any, metadata: dict | None) -> Iterator[tuple[str, Any]]:
     """What ``to_trace`` checks with ``check_text``: the texts not checked with the tokens' fields
     (thinking text added as pieces, the prompt, the id, the metadata fields)."""
-    if not "".join(t.tokens).isascii():
+    if lone_surrogate("".join(t.tokens)) is not None:
         yield from ((f"token {i} of the trace (from the thinking text)", x) for i, x in enumerate(t.tokens))
     yield "the prompt", prompt
     yield "the record's id", source_id
