@@ -202,7 +202,7 @@ def test_record_limit_setting_is_checked(tmp_path, monkeypatch):
 
 JSON_FIXTURES = sorted(p for p in FIX.iterdir() if p.suffix in (".jsonl", ".json")
                        and not p.read_text().startswith("data:"))
-HOSTILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HOSTILE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MARK = "\u0000hostile\u0000"
 
 leaf = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
