@@ -69,11 +69,12 @@ def test_lens_matches_full_materialisation(arch_model):
     assert rec.info["lens_layers"] == [1, 2, 3]
 
 
-def test_attention_entropy_matches_output_attentions(arch_model):
-    """Chunked attention entropy == entropy of eager attention's output_attentions maps."""
+@pytest.mark.parametrize("query_chunk", [3, None])  # chunks of queries; the fused kernel (None)
+def test_attention_entropy_matches_output_attentions(arch_model, query_chunk):
+    """Attention entropy (chunked or fused) == entropy of eager attention's output_attentions maps."""
     arch, model = arch_model
     rec = L.record_layers(model, PROMPT, COMPLETION, LayerOptions(attention_entropy=True, head_layer=2),
-                          query_chunk=3)
+                          query_chunk=query_chunk)
     ref = L.naive_layers(model, PROMPT, COMPLETION)
     np.testing.assert_allclose(rec.arrays["attn_entropy"], ref["attn_entropy"], atol=1e-5)
     rows = np.arange(len(COMPLETION)) + len(PROMPT) - 1
@@ -111,7 +112,7 @@ class _Head(torch.nn.Module):
         self.layer_idx, self.is_causal, self.num_key_value_groups = layer_idx, True, groups
 
 
-@pytest.mark.parametrize("chunk,cached", [(1, 0), (3, 0), (64, 0), (2, 5)])
+@pytest.mark.parametrize("chunk,cached", [(1, 0), (3, 0), (64, 0), (2, 5), (None, 0), (None, 5)])
 def test_uniform_attention_gives_ln_t_plus_1(chunk, cached):
     """Zero queries make every visible key equally likely: entropy ln(t+1), normalised 1."""
     tq, tk, heads = 9, 9 + cached, 4
@@ -137,7 +138,8 @@ def test_uniform_attention_gives_ln_t_plus_1(chunk, cached):
     np.testing.assert_allclose(out[0, :, 3].numpy(), csum[1, cached:].numpy(), atol=1e-5)
 
 
-def test_left_padded_batch_matches_eager():
+@pytest.mark.parametrize("query_chunk", [4, None])
+def test_left_padded_batch_matches_eager(query_chunk):
     """Padding masks: outputs equal eager attention's; entropies equal eager maps' on real rows."""
     model = _tiny("llama")
     ids = torch.tensor([[0, 0, 0, 5, 9, 14, 3, 7, 21, 8], [4, 12, 6, 5, 9, 14, 3, 7, 21, 8]])
@@ -148,7 +150,7 @@ def test_left_padded_batch_matches_eager():
         model.set_attn_implementation("eager")
         ref = model(input_ids=ids, attention_mask=mask, output_attentions=True)
         model.set_attn_implementation(before)
-        rec = L.AttentionRecorder(head_layer=1, query_chunk=4)
+        rec = L.AttentionRecorder(head_layer=1, query_chunk=query_chunk)
         with L.recording_attention(model, rec):
             got = model(input_ids=ids, attention_mask=mask)
     real = mask.bool()
@@ -160,6 +162,79 @@ def test_left_padded_batch_matches_eager():
         n_vis = (mask[:, None, :].bool() & torch.ones(10, 10).tril().bool()[None]).sum(-1)
         np.testing.assert_array_equal(rec.visible[layer][real].numpy(), n_vis[real].numpy())
     assert torch.isnan(rec.mean[0][~real]).all()  # padding queries see nothing
+
+
+def _attention_reference(q, k, v, allowed, scale):
+    """Float64 materialised attention: output [B, H, Tq, Dv] and entropies [B, H, Tq] (nats)."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(g, 1), v.double().repeat_interleave(g, 1)
+    s = ((q.double() @ k.transpose(-1, -2)) * scale).masked_fill(~allowed, float("-inf"))
+    p = s.softmax(-1)
+    h = -(torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros(()))).sum(-1)
+    return p @ v, h
+
+
+@pytest.mark.parametrize("tq,tk,masked", [(7, 7, False), (4, 9, False), (1, 6, False), (5, 8, True)])
+def test_fused_and_chunked_attention_agree_with_float64(tq, tk, masked):
+    """Both attention paths against float64 materialisation: grouped-query heads, a value head
+    size other than the query's, a cache prefix (Tq < Tk), one decoding query, and a boolean mask
+    that hides keys the causal cut would show."""
+    torch.manual_seed(3)
+    b, h, hkv, d, dv = 2, 6, 2, 8, 12
+    q, k, v = torch.randn(b, h, tq, d) * 2, torch.randn(b, hkv, tk, d), torch.randn(b, hkv, tk, dv)
+    q_pos = torch.arange(tk - tq, tk)
+    allowed = (torch.arange(tk)[None, :] <= q_pos[:, None]).expand(b, 1, tq, tk).clone()
+    mask = None
+    if masked:
+        allowed[0, 0, :, :2] = False        # batch row 0: the first two keys hidden (left padding)
+        allowed[1, 0, :, 5] = False         # batch row 1: one key in the middle
+        mask = allowed
+    want_out, want_h = _attention_reference(q, k, v, allowed, 0.4)
+    for chunk in (None, 2):
+        rec = L.AttentionRecorder(head_layer=0, query_chunk=chunk)
+        token = L._RECORDER.set(rec)
+        try:
+            out, _ = L.entropy_attention_forward(_Head(groups=3), q, k, v, mask, scaling=0.4)
+        finally:
+            L._RECORDER.reset(token)
+        assert out.shape == (b, tq, h, dv)
+        np.testing.assert_allclose(out.transpose(1, 2).numpy(), want_out.numpy(), atol=1e-5)
+        np.testing.assert_allclose(rec.heads.numpy(), want_h.numpy(), atol=1e-5)
+        np.testing.assert_allclose(rec.mean[0].numpy(), want_h.mean(1).numpy(), atol=1e-5)
+        np.testing.assert_array_equal(rec.visible[0].numpy(), allowed[:, 0].sum(-1).numpy())
+
+
+def test_lens_blocks_agree_with_float64_and_ties_go_to_the_first():
+    """The lens reduced over several vocabulary blocks and top-1 slices (with bias, scale and
+    soft-cap) equals float64 on the full logits. Integer weights and inputs make the logits exact,
+    so tied maxima are real ties: within a slice, across slices, across blocks, and in a last
+    block narrower than a slice; the top-1 is the first of them, as argmax gives it."""
+    torch.manual_seed(4)
+    sub = L.LENS_SUB
+    vocab, hidden = 2 * sub + 300, 16
+    weight = torch.randint(-2, 3, (vocab, hidden)).float()
+    signs = torch.ones(3, hidden)
+    signs[1, 1::2] = -1
+    signs[2, hidden // 2:] = -1
+    ties = [[sub + 7, sub + 700, 2 * sub + 20],  # same slice, then the next block: first sub + 7
+            [sub - 1, sub + 3],                  # two slices of one block
+            [2 * sub + 40, 2 * sub + 41]]        # the narrow last block (index-tracking max)
+    bias = torch.randint(-1, 2, (vocab,)).float()
+    for group, ids in enumerate(ties):
+        weight[ids] = 3 * signs[group]           # logit >= 18*16 - 48 > any other's 2*16*6 + 32
+        bias[ids] = 1.0
+    noise = torch.randint(-1, 2, (9, hidden)).float()
+    h = torch.cat([6 * signs.repeat_interleave(3, 0) + noise, torch.randint(-3, 4, (4, hidden)).float()])
+    parts = L.LensParts(blocks=torch.nn.ModuleList(), norm=None, weight=weight, bias=bias,
+                        scale=0.05, softcap=20.0)
+    z = (h.double() @ weight.double().T + bias.double()) * 0.05
+    z = torch.tanh(z / 20.0) * 20.0
+    want_h = -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
+    for chunk, block in [(3, 2 * sub), (5, sub), (None, None)]:
+        ent, top = L.lens_entropy_rows(h, parts, chunk, block)
+        np.testing.assert_allclose(ent.numpy(), want_h.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(top.numpy(), z.argmax(-1).numpy())
+        assert top[:9].tolist() == [ids[0] for ids in ties for _ in range(3)]
 
 
 def test_wrong_head_is_caught():
