@@ -48,10 +48,11 @@ from .errors import ThinkscopeError
 
 #: name under which the entropy-recording attention is registered with transformers
 ATTENTION_NAME = "thinkscope_entropy"
-#: logit lens: residual rows per chunk; float32 logits per block of the vocabulary (bytes: a
-#: block is reduced while it is in cache); width of the slices whose maxima locate the top-1
+#: logit lens: residual rows per chunk; float32 logits per block of the vocabulary (bytes; the
+#: whole 49k vocabulary of 256 rows: on a busy 2-CPU machine every extra torch op costs more than
+#: cache-sized blocks save); width of the slices whose maxima locate the top-1
 LENS_ROWS = 256
-LENS_BLOCK_BYTES = 8 << 20
+LENS_BLOCK_BYTES = 48 << 20
 LENS_SUB = 1024
 #: scores budget per chunk of queries in the chunked attention (bytes, float32)
 ATTN_CHUNK_BYTES = 40 << 20
@@ -184,10 +185,9 @@ def lens_entropy_rows(h: torch.Tensor, parts: LensParts, chunk: int | None = Non
     """Logit-lens entropy (nats, T=1) and top-1 id of residual rows ``h`` [N, hidden].
 
     ``chunk`` rows (LENS_ROWS) at a time go through the final norm, then the unembedding in
-    blocks of ``vocab_block`` columns (LENS_BLOCK_BYTES of float32 logits): each block is
-    reduced while it is still in cache, so the elementwise work (one exp and a few cheap
-    passes) is not paid at memory speed, and at most two [chunk x vocab_block] arrays exist
-    (allocated once). A block of logits z gives its maximum m_b, Z_b = sum exp(z - m_b) and
+    blocks of ``vocab_block`` columns (LENS_BLOCK_BYTES of float32 logits; smaller blocks stay
+    in cache but cost more torch ops), each reduced as soon as it is formed, so at most two
+    [chunk x vocab_block] arrays exist (allocated once). A block of logits z gives its maximum m_b, Z_b = sum exp(z - m_b) and
     D_b = sum exp(z - m_b) (z - m_b), combined over blocks with m = max m_b:
     Z = sum_b e^(m_b - m) Z_b, D = sum_b e^(m_b - m) (D_b + (m_b - m) Z_b), H = ln Z - D / Z.
     Every term of D has one sign (z <= m), so nothing cancels; the sums are torch's pairwise
