@@ -398,22 +398,27 @@ def _check_repeats(t: Tokens, p: np.ndarray, pr: Problems, where: Where) -> None
     ids, else by text (as run-local ids are given); those without probability (``p``) are not
     compared."""
     from ..store import LOCAL_ID_BASE
+    top = t.top_logprobs
     if t.top_ids is not None:
-        ids = t.top_ids
+        s = np.sort(t.top_ids, axis=1)
+        twice = ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1)
+
+        def row_ids(i: int) -> list[int]:
+            return t.top_ids[i].tolist()
     elif t.top_tokens is not None:
-        import pandas as pd
-        flat = np.empty(t.n * t.k, dtype=object)
-        flat[:] = [x for r in _pad_rows(t.top_tokens, t.k) for x in r]
-        codes = pd.factorize(flat, use_na_sentinel=True)[0].reshape(t.n, t.k)
-        ids = np.where(codes >= 0, codes + LOCAL_ID_BASE, -1)
+        # a text listed twice is reported only with the same value, so only rows where two live
+        # alternatives share a logprob can hold one (comparing every text was a tenth of a read)
+        live = np.sort(np.where(p > 0, top, np.nan), axis=1)   # NaN sorts last and equals nothing
+        twice = (live[:, 1:] == live[:, :-1]).any(axis=1)
+        def row_ids(i: int) -> list[int]:
+            codes: dict[str, int] = {}
+            return [-1 if x is None else LOCAL_ID_BASE + codes.setdefault(x, len(codes))
+                    for x in _pad_rows([t.top_tokens[i]], t.k)[0]]
     else:
         return
-    s = np.sort(ids, axis=1)
-    twice = ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any(axis=1)
-    top = t.top_logprobs
     for i in np.flatnonzero(twice).tolist():
         seen: dict[int, int] = {}
-        for j, x in enumerate(ids[i].tolist()):
+        for j, x in enumerate(row_ids(i)):
             if x < 0 or p[i, j] == 0:
                 continue
             j0 = seen.setdefault(x, j)
