@@ -371,7 +371,7 @@ def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
                   f"one token sum to at most 1", where.line(i))
         _check_repeats(t, p, pr, where)
         rows = t.top_tokens or ()
-        if rows and lone_surrogate("".join(x for row in rows for x in row if x)) is not None:
+        if rows and lone_surrogate(_joined(rows)) is not None:
             for i, row in enumerate(rows):
                 for j, x in enumerate(row):
                     at = lone_surrogate(x) if x else None
@@ -379,6 +379,14 @@ def check_tokens(t: Tokens, pr: Problems, where: Where) -> None:
                         pr.bad(where.path(where.alt_token, t, i, j), x, text_expected(x, at), where.line(i))
     if pr.total > before:
         raise Skip
+
+
+def _joined(rows: list[list[str | None]]) -> str:
+    """The alternatives' texts joined (a row padded with None is joined without it)."""
+    try:
+        return "".join(map("".join, rows))   # C loops: half the time of one generator
+    except TypeError:
+        return "".join(x for row in rows for x in row if x)
 
 
 def _first(found: np.ndarray, pr: Problems) -> list:
