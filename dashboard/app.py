@@ -36,9 +36,14 @@ def main() -> None:
     f, t, i, u = PAGES[0]
     pages.append(st.Page(str(PAGES_DIR / f), title=t, icon=i, url_path=u, visibility="hidden"))
     nav = st.navigation(pages)
+    from analysis.errors import ThinkscopeError
     from dashboard.state import sidebar_store
-    sidebar_store()
-    nav.run()
+    from dashboard.text import md
+    try:
+        sidebar_store()
+        nav.run()
+    except ThinkscopeError as e:  # a damaged, read-only or locked store: its one line, no traceback
+        st.error(md(str(e)))
 
 
 main()

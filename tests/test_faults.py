@@ -550,3 +550,17 @@ def test_an_export_to_a_full_disk_is_one_line_naming_the_output(capsys, tmp_path
             rc, _, err = cli(capsys, "--store", s.path, "export", 1, d / out)
             line = one_line_error(err, d / out)
             assert rc == 2 and "No space left on device" in line, line
+
+
+def test_the_dashboard_shows_a_damaged_store_as_one_line(tmp_path, monkeypatch):
+    """A store file that is not a DuckDB database: every page shows the store's one-line error,
+    no exception element (traceback)."""
+    from streamlit.testing.v1 import AppTest
+    bad = tmp_path / "damaged.duckdb"
+    bad.write_bytes(b"DUCK" * 5000)
+    monkeypatch.setenv("THINKSCOPE_STORE", str(bad))
+    app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+    at = AppTest.from_file(app, default_timeout=60).run()
+    assert not at.exception, [e.message for e in at.exception]
+    shown = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "damaged.duckdb" in shown and "damaged" in shown.split("damaged.duckdb", 1)[1]
