@@ -25,12 +25,12 @@ import duckdb
 import pandas as pd
 import pytest
 
-from analysis import store as store_mod
+from analysis.store import connection as store_mod
 from analysis.cli import main, printable
 from analysis.formats import ingest as ing
 from analysis.formats import ingest_file
 from analysis.formats.ingest import DuplicateFileError
-from analysis.store import SCHEMA_VERSION, Store, StoreError, writer_gone
+from analysis.store import SCHEMA, SCHEMA_VERSION, Store, StoreError, writer_gone
 from test_formats_atomic import big_chat_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,7 +279,7 @@ def test_an_allowed_duplicate_keeps_its_hash_in_the_settings(tmp_path):
 
 def version_2_store(path: Path) -> None:
     """A store as schema version 2 made it: no writer column, no unique index on hashes."""
-    v2 = (store_mod.SCHEMA.replace(",\n    writer VARCHAR", "", 1)
+    v2 = (SCHEMA.replace(",\n    writer VARCHAR", "", 1)
           .replace("CREATE UNIQUE INDEX IF NOT EXISTS runs_content_hash ON runs (content_hash);", ""))
     v2 = re.sub(r"    writer VARCHAR[^\n]*\n", "", v2)
     v2 = v2.replace("n_tokens BIGINT DEFAULT 0,\n", "n_tokens BIGINT DEFAULT 0\n", 1)

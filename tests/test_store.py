@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from analysis import metrics
-from analysis import store as store_mod
-from analysis.store import LOCAL_ID_BASE, SCHEMA_VERSION, Store, StoreError
+from analysis.store import batch as store_mod
+from analysis.store import LOCAL_ID_BASE, SCHEMA, SCHEMA_VERSION, Store, StoreError
 from analysis.trace import Trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +242,7 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path):
     """Version 1 kept each completion's text in traces; opening it drops the column (the
     text now comes from the tokens) and keeps every row."""
     path = tmp_path / "v1.duckdb"
-    v1 = store_mod.SCHEMA.replace("    prompt VARCHAR,", "    prompt VARCHAR,\n    completion VARCHAR,", 1)
+    v1 = SCHEMA.replace("    prompt VARCHAR,", "    prompt VARCHAR,\n    completion VARCHAR,", 1)
     con = duckdb.connect(str(path))
     con.execute(v1)
     con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
