@@ -109,19 +109,25 @@ def cmd_difficulty(args) -> int:
     stats = store.trace_stats(args.run_ids)
     if stats.empty:
         raise ThinkscopeError(f"no traces in run(s) {', '.join(map(str, args.run_ids))}")
-    try:
-        edges = tuple(float(x) for x in args.edges.split(",")) if args.edges else None
-    except ValueError:
-        raise ThinkscopeError(f"--edges {args.edges!r}: expected numbers separated by commas, e.g. 0,0.5,1") from None
-    _, s = dif.difficulty_table(stats, args.estimator, args.phase, dif.Binning(args.axis, edges))
+    edges = dif.parse_edges(args.edges, "--edges")
+    labels = dif.parse_labels(args.labels)
+    if labels is not None and edges is None:
+        raise ThinkscopeError("--labels name the bins made by --edges; give --edges too")
+    binning = dif.Binning(args.axis, edges, labels, args.min_samples)
+    _, s = dif.difficulty_table(stats, args.estimator, args.phase, binning)
     cols = ["run_id", "bin", "count", "mean_entropy", "ci_low", "ci_high", "accuracy", "mean_tokens"]
     echo(f"mean sequence entropy (nats, {args.estimator}, phase {args.phase}) per difficulty bin, 95% t-interval")
     echo(s[cols].round(4).to_string(index=False))
     for rid in args.run_ids:
-        u = dif.u_shape(s, rid)
+        names = s.loc[s["run_id"] == rid, "bin"].tolist()
+        for flag, b in (("--easy", args.easy), ("--medium", args.medium)):
+            if b is not None and b not in names:
+                raise ThinkscopeError(f"{flag} {b!r}: run {rid} has no such bin; its bins: {', '.join(map(str, names))}")
+        u = dif.u_shape(s, rid, args.easy, args.medium)
         verdict = {True: "U-shape", False: "no U-shape", None: "no verdict"}[u.u_shape]
-        echo(f"run {rid}: {u.easy} -> {u.medium} entropy change {u.change_pct:+.1f}%; {verdict}"
-              + (f" ({'; '.join(u.notes)})" if u.notes else ""))
+        change = "n/a" if u.change_pct != u.change_pct else f"{u.change_pct:+.1f}%"
+        echo(f"run {rid}: {u.easy} -> {u.medium} entropy change {change} (mean sequence entropy); {verdict}"
+             + (f" ({'; '.join(u.notes)})" if u.notes else ""))
     return 0
 
 
@@ -172,7 +178,13 @@ def register(sub) -> None:
     d = sub.add_parser("difficulty", help="mean sequence entropy per difficulty bin (the U-shape)")
     d.add_argument("run_ids", type=int, nargs="+")
     d.add_argument("--axis", choices=["level", "pass_rate"], default="level")
-    d.add_argument("--edges", help="bin edges, e.g. '0,0.5,1' (default: each level / ARES buckets)")
+    d.add_argument("--edges", help="bin edges, commas or semicolons, e.g. '0,0.5,1' (default: each level / "
+                                   "ARES buckets)")
+    d.add_argument("--labels", help="names of the bins made by --edges, e.g. 'hard,medium,easy'")
+    d.add_argument("--min-samples", type=int, default=1,
+                   help="pass-rate axis: problems with fewer graded samples get no bin")
+    d.add_argument("--easy", metavar="BIN", help="the easy bin of the entropy change (default: 'easy' or the first)")
+    d.add_argument("--medium", metavar="BIN", help="the medium bin (default: 'medium' or the middle one)")
     d.add_argument("--estimator", default="full")
     d.add_argument("--phase", choices=["all", "thinking", "answer"], default="all")
     d.set_defaults(func=cmd_difficulty)

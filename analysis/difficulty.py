@@ -103,6 +103,32 @@ class Binning:
                 raise DifficultyError(f"{len(e) - 1} bins need {len(e) - 1} labels, got {len(self.labels)}")
 
 
+def parse_edges(text: str | None, what: str = "bin edges") -> tuple[float, ...] | None:
+    """'0, 0.5, 1' or '0; 0.5; 1' -> (0.0, 0.5, 1.0); empty or None -> None (the default bins).
+    A part that is not a number is a DifficultyError naming it."""
+    if not text or not text.strip():
+        return None
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    out = []
+    for p in parts:
+        try:
+            x = float(p)
+        except ValueError:
+            x = float("nan")
+        if x != x or x in (float("inf"), float("-inf")):
+            raise DifficultyError(f"{what} {text!r}: {p!r} is not a number; expected numbers separated by "
+                                  "commas or semicolons, e.g. 0, 0.5, 1")
+        out.append(x)
+    return tuple(out) or None
+
+
+def parse_labels(text: str | None) -> tuple[str, ...] | None:
+    """'easy, hard' (commas or semicolons) -> ('easy', 'hard'); empty or None -> None."""
+    if not text:
+        return None
+    return tuple(x.strip() for x in text.replace(";", ",").split(",") if x.strip()) or None
+
+
 def _edge_labels(edges: Sequence[float]) -> list[str]:
     return [f"[{a:g}, {b:g}{']' if i == len(edges) - 2 else ')'}" for i, (a, b) in enumerate(zip(edges, edges[1:]))]
 
@@ -125,6 +151,10 @@ def assign_bins(df: pd.DataFrame, binning: Binning = Binning()) -> pd.DataFrame:
             _cut(out, x.to_numpy(), binning, ascending=True)
         return out
     pr = pass_rates(out)
+    if not (pr["graded"] >= 2).any():
+        raise DifficultyError("pass rates need several graded samples per problem, and no problem here has more "
+                              "than one (a pass rate over one sample is 0 or 1): generate with --samples 4 or "
+                              "more, or use the level axis")
     pr = pr[pr["graded"] >= binning.min_samples]
     out = out.merge(pr[["run_id", "problem_id", "pass_rate"]], on=["run_id", "problem_id"], how="left")
     x = out["pass_rate"].to_numpy(np.float64)

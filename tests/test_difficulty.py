@@ -54,7 +54,8 @@ def test_ares_buckets_from_pass_rate():
 
 
 def test_user_bins_on_pass_rate_are_ordered_easy_first():
-    rows = [(1, f"p{i}", None, ok, 1.0, 5) for i, ok in enumerate([True, False, True, True])]
+    # two samples per problem (a pass rate needs several), both with the problem's grade
+    rows = [(1, f"p{i}", None, ok, 1.0, 5) for i, ok in enumerate([True, False, True, True]) for _ in range(2)]
     b = dif.assign_bins(_frame(rows), Binning("pass_rate", edges=(0, 0.5, 1.0), labels=("hard", "easy")))
     assert set(b.loc[b.correct, "bin"]) == {"easy"} and set(b.loc[~b.correct.astype(bool), "bin"]) == {"hard"}
     assert b.loc[b.bin == "easy", "bin_order"].iloc[0] == 0
@@ -163,3 +164,70 @@ def test_chart_module_does_not_import_streamlit():
             "assert 'streamlit' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_bin_edges_parse_with_commas_or_semicolons():
+    assert dif.parse_edges("0, 0.5, 1") == dif.parse_edges("0; 0.5; 1") == (0.0, 0.5, 1.0)
+    assert dif.parse_edges("") is None and dif.parse_edges(None) is None and dif.parse_edges(" , ") is None
+    with pytest.raises(DifficultyError, match="'x' is not a number"):
+        dif.parse_edges("0, x, 1")
+    with pytest.raises(DifficultyError, match="'nan' is not a number"):
+        dif.parse_edges("0;nan")
+    assert dif.parse_labels("hard; easy") == ("hard", "easy") and dif.parse_labels("") is None
+
+
+def test_pass_rate_with_one_sample_per_problem_is_refused(tmp_path, capsys):
+    from analysis.cli import main
+    from analysis.store import Store
+    from tests.difficulty_data import graded_traces
+
+    df = _frame([(1, f"p{i}", None, ok, 1.0, 5) for i, ok in enumerate([True, False, True])])
+    with pytest.raises(DifficultyError, match="pass rates need several graded samples per problem"):
+        dif.assign_bins(df, Binning("pass_rate"))
+    # one problem with two samples is enough to bin (the others: pass rate 0 or 1)
+    two = _frame([(1, "p0", None, True, 1.0, 5), (1, "p0", None, False, 1.0, 5), (1, "p1", None, True, 1.0, 5)])
+    assert dif.assign_bins(two, Binning("pass_rate"))["bin"].notna().all()
+    store = Store(tmp_path / "one.duckdb")
+    rid = store.create_run("one sample", "test", "tiny-llama")
+    store.add_traces(rid, graded_traces(samples=1))
+    code = main(["--store", str(store.path), "difficulty", str(rid), "--axis", "pass_rate"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass rates need several graded samples per problem" in err and "nan" not in err
+
+
+def test_difficulty_page_refuses_a_pass_rate_of_one_sample(tmp_path):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from analysis.store import Store
+    from tests.difficulty_data import graded_traces
+
+    store = Store(tmp_path / "one.duckdb")
+    rid = store.create_run("one sample", "test", "tiny-llama")
+    store.add_traces(rid, graded_traces(samples=1))
+    store.finish_run(rid)
+    page = Path(__file__).resolve().parent.parent / "dashboard" / "views" / "difficulty.py"
+    at = AppTest.from_file(str(page), default_timeout=60)
+    at.session_state["store.path"] = str(store.path)
+    at.run()
+    assert not at.exception and not at.error
+    at.radio(key="difficulty.axis").set_value("pass_rate").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "pass rates need several graded samples per problem" in at.error[0].value
+    assert not any("nan" in m.value for m in at.metric)
+
+
+def test_cli_difficulty_has_the_pages_options(tmp_path, capsys):
+    from analysis.cli import main
+    from tests.difficulty_data import make_graded_store
+
+    s = str(make_graded_store(tmp_path / "s.duckdb", runs=1).path)
+    assert main(["--store", s, "difficulty", "1", "--edges", "1; 3; 5", "--labels", "low; high",
+                 "--easy", "low", "--medium", "high"]) == 0
+    out = capsys.readouterr().out
+    assert "low -> high entropy change" in out and "[1, 3)" not in out
+    assert main(["--store", s, "difficulty", "1", "--axis", "pass_rate", "--min-samples", "3"]) == 0
+    assert "easy" in capsys.readouterr().out
+    assert main(["--store", s, "difficulty", "1", "--easy", "nope"]) == 2
+    assert "--easy 'nope': run 1 has no such bin" in capsys.readouterr().err

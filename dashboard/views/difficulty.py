@@ -22,12 +22,6 @@ def load_stats(path: str, version: int, run_ids: tuple[int, ...]) -> pd.DataFram
     return Store(path).trace_stats(list(run_ids))
 
 
-def parse_edges(text: str) -> tuple[float, ...] | None:
-    """'0, 0.5, 1' -> (0.0, 0.5, 1.0); empty -> None."""
-    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
-    return tuple(float(p) for p in parts) if parts else None
-
-
 def bin_table(s: pd.DataFrame, unit: str, scale: float, estimator: str, phase: str) -> pd.DataFrame:
     """The per-bin table as shown: named quantities, accuracy in %, a missing interval as '—' with why."""
     def ci(v, n):
@@ -113,11 +107,11 @@ min_samples = c6.number_input("Min graded samples", 1, 64, 1, key="difficulty.mi
                               disabled=axis != "pass_rate",
                               help="Problems with fewer graded samples get no pass-rate bin.")
 try:
-    edges = parse_edges(edges_text)
-    bin_labels = tuple(x.strip() for x in labels_text.split(",") if x.strip()) or None
+    edges = dif.parse_edges(edges_text)
+    bin_labels = dif.parse_labels(labels_text)
     binning = dif.Binning(axis, edges, bin_labels if edges else None, int(min_samples))
     binned, summary = dif.difficulty_table(stats, estimator, phase, binning)
-except ValueError as e:  # DifficultyError and bad numbers in the edges
+except dif.DifficultyError as e:  # bad bins or edges, an axis the runs cannot give
     st.error(md(e))
     st.stop()
 
