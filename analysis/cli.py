@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import settings as defaults
 from .errors import ThinkscopeError
 
 #: modules with a ``register(subparsers)`` function that add their own commands
@@ -75,7 +76,7 @@ def cmd_generate(args) -> int:
     settings = GenerationSettings(
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens, seed=args.seed,
         samples=args.samples, top_k=args.top_k, do_sample=not args.greedy, batch_size=args.batch_size,
-        marker=args.marker or "</think>", chat_template=not args.no_chat_template,
+        marker=args.marker or defaults.THINK_MARKER, chat_template=not args.no_chat_template,
         logit_lens=args.logit_lens, lens_every=args.lens_every,
         attention_entropy=args.attention_entropy, head_layer=args.head_layer)
     if args.problems:  # graded: a bundled set or a problem file (analysis.cli_difficulty)
@@ -153,7 +154,7 @@ def cmd_dashboard(args) -> int:
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = dict(os.environ)
     if args.store:
-        env["THINKSCOPE_STORE"] = str(Path(args.store).resolve())
+        env[defaults.STORE.name] = str(Path(args.store).resolve())
     env.pop(NO_TOKEN_ENV, None)
     if not is_loopback(args.host):
         print(f"thinkscope: warning: the dashboard listens on {args.host or 'every interface'}: anyone who can "
@@ -179,17 +180,17 @@ def register(sub) -> None:
     g.add_argument("--prompts", help="prompt file (.txt, .jsonl, .json, .csv); default: the bundled problems")
     g.add_argument("--model", help="model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
     g.add_argument("--samples", type=int, default=1, help="samples per prompt")
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--temperature", type=float, default=defaults.TEMPERATURE)
+    g.add_argument("--top-p", type=float, default=defaults.TOP_P)
     g.add_argument("--greedy", action="store_true", help="greedy decoding (entropies at T=1)")
-    g.add_argument("--max-tokens", type=int, default=256)
-    g.add_argument("--top-k", type=int, default=20, help="alternatives recorded per token")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-tokens", type=int, default=defaults.MAX_NEW_TOKENS)
+    g.add_argument("--top-k", type=int, default=defaults.TOP_K, help="alternatives recorded per token")
+    g.add_argument("--seed", type=int, default=defaults.SEED)
+    g.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     g.add_argument("--per-level", type=int, default=8, help="bundled problems per difficulty level")
     g.add_argument("--limit", type=int, help="use only the first N prompts")
     g.add_argument("--marker", help="end-of-thinking marker for the phase split "
-                   "(default: '</think>'; 'Final answer:' for the bundled problems)")
+                   f"(default: '{defaults.THINK_MARKER}'; 'Final answer:' for the bundled problems)")
     g.add_argument("--no-chat-template", action="store_true")
     g.add_argument("--logit-lens", action="store_true",
                    help="record the logit-lens entropy and top-1 token per layer (one extra forward pass per trace)")

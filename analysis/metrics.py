@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from .settings import THINK_MARKER
+
 if TYPE_CHECKING:  # torch is imported where logits are handled, not by readers of trace files
     import torch
 
@@ -269,7 +271,7 @@ def forking_points(window, tau: float, tokens: Sequence[str] | None = None,
 # --------------------------------------------------------------------------- phases / sequence
 
 
-def phase_boundary(tokens: Sequence[str], marker: str | None = "</think>") -> int:
+def phase_boundary(tokens: Sequence[str], marker: str | None = THINK_MARKER) -> int:
     """Index of the first answer token: the first token that starts at or after the end of
     the first ``marker`` in the concatenated token text. No marker: len(tokens) (all thinking).
 

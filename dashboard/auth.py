@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
+from analysis import settings
 
-TOKEN_ENV = "THINKSCOPE_TOKEN"
-NO_TOKEN_ENV = "THINKSCOPE_NO_TOKEN"
+TOKEN_ENV = settings.TOKEN.name
+NO_TOKEN_ENV = settings.NO_TOKEN.name
 _OK = "auth.ok"
 
 
@@ -39,9 +39,9 @@ def gate() -> bool:
     """True when this session may see the pages; otherwise draws the login and returns False."""
     import streamlit as st  # here, so that the command line can read this module's names cheaply
 
-    token = os.environ.get(TOKEN_ENV, "")
+    token = settings.TOKEN.raw()
     if not token:
-        if os.environ.get(NO_TOKEN_ENV) == "1" or is_loopback(st.get_option("server.address")):
+        if settings.NO_TOKEN.raw() == "1" or is_loopback(st.get_option("server.address")):
             return True
         st.title("thinkscope")
         st.error(f"This dashboard listens on the network but no access token is set. Start it with "

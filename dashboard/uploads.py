@@ -24,20 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from analysis import settings
+
 #: every server process stages under ROOT/<pid>/<session id>/
 ROOT = Path(tempfile.gettempdir()) / "thinkscope-uploads"
-GRACE_ENV = "THINKSCOPE_UPLOAD_GRACE_S"
+GRACE_ENV = settings.UPLOAD_GRACE_S.name
 #: Streamlit keeps a disconnected session for reconnection this long (MemorySessionStorage)
-DEFAULT_GRACE_S = 120.0
+DEFAULT_GRACE_S = settings.UPLOAD_GRACE_S.default
 CHUNK = 1 << 20
 
 
 def grace_s() -> float:
     """Seconds a disconnected session's staged files are kept ($THINKSCOPE_UPLOAD_GRACE_S)."""
-    try:
-        return max(0.0, float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_S)))
-    except ValueError:
-        return DEFAULT_GRACE_S
+    return max(0.0, settings.UPLOAD_GRACE_S.number(minimum=-float("inf"), lenient=True))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..metrics import SENTINEL_LOGPROB
+from ..settings import THINK_MARKER
 from ..trace import Trace, TraceError
 
 #: problems listed in full before the rest are only counted
@@ -626,7 +628,7 @@ def text_pieces(text: str) -> list[str]:
 
 
 def with_thinking(t: Tokens, thinking: str | None, answer: str | None,
-                  marker: str = "</think>") -> tuple[Tokens, int | None, dict]:
+                  marker: str = THINK_MARKER) -> tuple[Tokens, int | None, dict]:
     """One token sequence and the first answer token, for a server that split the thinking
     into its own field.
 
@@ -747,7 +749,7 @@ def _trace_texts(t: Tokens, prompt: str, source_id: Any, metadata: dict | None) 
         yield f"the metadata field {printable(str(k))}", v
 
 
-def to_trace(t: Tokens, *, prompt: str = "", boundary: int | None = None, marker: str | None = "</think>",
+def to_trace(t: Tokens, *, prompt: str = "", boundary: int | None = None, marker: str | None = THINK_MARKER,
              source_id: str | None = None, metadata: dict | None = None,
              vocab: dict[int, str] | None = None, local: LocalIds | None = None,
              problems: Problems | None = None) -> Trace:
@@ -762,7 +764,7 @@ def to_trace(t: Tokens, *, prompt: str = "", boundary: int | None = None, marker
         rows = _pad_rows(t.top_tokens, t.k)
         flat[:] = [x for r in rows for x in r]
         # alternatives with probability 0 (sentinels, NaN) are not stored: they take no id
-        flat[(~np.isfinite(t.top_logprobs) | (t.top_logprobs <= -9999.0)).ravel()] = None
+        flat[(~np.isfinite(t.top_logprobs) | (t.top_logprobs <= SENTINEL_LOGPROB)).ravel()] = None
         ids = local.assign(flat).reshape(t.n, t.k)
         return Trace(prompt=prompt or "", tokens=t.tokens, logprobs=t.logprobs,
                      token_ids=None if t.token_ids is None or (t.token_ids < 0).all() else t.token_ids,
@@ -779,7 +781,7 @@ def to_trace(t: Tokens, *, prompt: str = "", boundary: int | None = None, marker
     if t.k and top_ids is None and top_tokens is not None:
         # alternatives with probability 0 (sentinels, NaN) are not stored: give them no text, so
         # that they take no run-local id either
-        dead = np.argwhere(~np.isfinite(t.top_logprobs) | (t.top_logprobs <= -9999.0))
+        dead = np.argwhere(~np.isfinite(t.top_logprobs) | (t.top_logprobs <= SENTINEL_LOGPROB))
         if dead.size:
             top_tokens = [list(r) for r in top_tokens]
             for i, j in dead.tolist():
@@ -949,7 +951,7 @@ class Context:
 
     problems: Problems
     field_map: dict[str, str] | None = None
-    marker: str = "</think>"
+    marker: str = THINK_MARKER
     vocab: dict[int, str] = field(default_factory=dict)   # real token id -> text, from the file
     lm: Any = None                                        # a LoadedModel where a reader needs one
     score_settings: Any = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..settings import THINK_MARKER
 from .detect import FORMATS
 
 
@@ -58,7 +59,7 @@ def register(sub) -> None:
     p.add_argument("--run-name", help="name of the new run (default: the file name)")
     p.add_argument("--model", help="the model that produced the traces (stored with the run); for plain-text "
                                    "traces, the local model that scores them (default: the embedded one)")
-    p.add_argument("--marker", default="</think>", help="end-of-thinking marker (default: </think>)")
+    p.add_argument("--marker", default=THINK_MARKER, help=f"end-of-thinking marker (default: {THINK_MARKER})")
     p.add_argument("--map", action="append", metavar="FIELD=NAME",
                    help="read metadata FIELD (problem_id, gold_answer, level, correct, ...) or a table's column "
                         "role (trace, pos, token, logprob) from the file's field NAME; repeatable")

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from ..metrics import SENTINEL_LOGPROB
 from ..trace import Trace
 from . import openai_chat
 from .base import THINKING_FIELDS, Context, Tokens
@@ -292,7 +293,7 @@ def _read_block(batch: pa.RecordBatch, ctx: Context, lines: list[int]) -> list[T
         alt_lp = _floats(_field(alts, "logprob") if _field(alts, "logprob") is not None else pa.nulls(len(alts)),
                          -np.inf)
         alt_lp[np.isnan(alt_lp)] = -np.inf
-        dead = ~np.isfinite(alt_lp) | (alt_lp <= -9999.0)
+        dead = ~np.isfinite(alt_lp) | (alt_lp <= SENTINEL_LOGPROB)
         live_tok = pc.if_else(pa.array(dead), pa.nulls(len(alt_tok), pa.string()), alt_tok)
         enc = pc.dictionary_encode(live_tok)
         codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 import duckdb
 
+from .. import settings
 from ..store import Store, StoreError, free_bytes, insert_tables, json_text, mb, NextIds, valid_text
 from ..trace import Trace, TraceError
 from . import batch, fastchat, openai_chat, plaintext, tables
@@ -39,7 +40,7 @@ from .detect import FORMATS, JSON_READERS, Detection, describe_unknown, detect
 from .jsonstream import first_char, is_json_lines, iter_values
 
 #: files larger than this are refused (bytes); THINKSCOPE_MAX_UPLOAD_MB overrides it
-MAX_BYTES = int(float(os.environ.get("THINKSCOPE_MAX_UPLOAD_MB", 2048)) * (1 << 20))
+MAX_BYTES = int(settings.MAX_UPLOAD_MB.number(lenient=True) * (1 << 20))
 #: traces are staged in batches of about this many tokens
 BATCH_TOKENS = 50_000
 BATCH_TRACES = 1000
@@ -237,7 +238,7 @@ class Preview:
 
 
 def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: dict | None = None,
-            lm: Any = None, count: bool = True, name: str | None = None, marker: str = "</think>") -> Preview:
+            lm: Any = None, count: bool = True, name: str | None = None, marker: str = settings.THINK_MARKER) -> Preview:
     """Read a file without storing it: the first ``n`` traces, and with ``count`` the totals and
     every problem (the whole file is read, streamed). Plain-text traces are only scored (and
     counted in tokens) when a model ``lm`` is given."""
@@ -309,7 +310,7 @@ def _alive(pid: int) -> bool:
 
 def ingest_file(store: Store, path: str | Path, format: str | None = None, run_name: str | None = None,
                 progress: ProgressFn | None = None, lm: Any = None, *, model: str | None = None,
-                field_map: dict[str, str] | None = None, marker: str = "</think>",
+                field_map: dict[str, str] | None = None, marker: str = settings.THINK_MARKER,
                 max_bytes: int | None = None, allow_duplicate: bool = False,
                 requests: dict[str, dict] | None = None, name: str | None = None,
                 on_batch: Callable[[int], None] | None = None) -> IngestResult:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .. import settings
 from ..trace import TraceError
 from .base import Problems, bad_utf8
 
@@ -31,24 +31,18 @@ CHUNK = 1 << 20
 MAX_DEPTH = 64
 #: a single record (a JSON Lines line, an array element, a document) larger than this is
 #: refused; the environment variable THINKSCOPE_MAX_RECORD_MB overrides it
-MAX_RECORD_MB = 256
-RECORD_ENV = "THINKSCOPE_MAX_RECORD_MB"
+MAX_RECORD_MB = settings.MAX_RECORD_MB.default
+RECORD_ENV = settings.MAX_RECORD_MB.name
 _WS = " \t\r\n"
 _decoder = json.JSONDecoder()
 
 
 def max_record_bytes() -> int:
     """The per-record size limit in bytes (``MAX_RECORD_MB``, or THINKSCOPE_MAX_RECORD_MB)."""
-    raw = os.environ.get(RECORD_ENV, "").strip()
-    if not raw:
-        return MAX_RECORD_MB << 20
     try:
-        mb = float(raw)
-    except ValueError:
-        mb = float("nan")
-    if not mb > 0:
-        raise TraceError(f"{RECORD_ENV} is {raw!r}; expected a size in MB above 0")
-    return int(mb * (1 << 20))
+        return int(settings.MAX_RECORD_MB.number() * (1 << 20))
+    except settings.SettingError as e:  # a reader's problems are TraceErrors
+        raise TraceError(str(e)) from None
 
 
 def _mb(size: float) -> str:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from ..export import LAYER_COLUMNS, csv_text_back
 from ..store import ENTROPY_COLUMNS, TRACE_META_COLUMNS, json_settings
+from ..settings import THINK_MARKER
 from ..trace import Trace, TraceError
 from .base import (Context, Problems, Skip, Tokens, Where, bad_utf8, check_text, check_tokens, map_metadata,
                    show)
@@ -675,7 +676,7 @@ def _check_export_values(g: pd.DataFrame, at, pr: Problems) -> np.ndarray:
     return order
 
 
-def export_trace(g: pd.DataFrame, vocab: dict[int, str], marker: str | None = "</think>") -> Trace:
+def export_trace(g: pd.DataFrame, vocab: dict[int, str], marker: str | None = THINK_MARKER) -> Trace:
     """One trace from its rows in the export layout.
 
     Alternatives that carry real tokenizer ids keep them (their text goes to ``vocab``);

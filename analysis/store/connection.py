@@ -34,11 +34,12 @@ from typing import Iterator
 import duckdb
 import pandas as pd
 
+from .. import settings
 from ..errors import ThinkscopeError
 from .schema import _MIGRATIONS, ROW_GROUP_SIZE, SCHEMA, SCHEMA_VERSION
 from .values import _py
 
-ENV_STORE = "THINKSCOPE_STORE"
+ENV_STORE = settings.STORE.name
 DEFAULT_STORE = Path(__file__).resolve().parents[2] / "data" / "store" / "thinkscope.duckdb"
 
 
@@ -118,7 +119,7 @@ def mb(n: float) -> str:
 
 def default_store_path() -> Path:
     """The store file: $THINKSCOPE_STORE, else data/store/thinkscope.duckdb in the checkout."""
-    env = os.environ.get(ENV_STORE)
+    env = settings.STORE.raw()
     return Path(env).expanduser() if env else DEFAULT_STORE
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import pyarrow as pa
+
+from .. import settings
 
 SCHEMA_VERSION = 3
 
@@ -22,7 +23,7 @@ ENTROPY_COLUMNS = {
 #: of going through the write-ahead log and then the checkpoint on detach, which compresses
 #: every value a second time: for 50,000-row batches of token rows, DuckDB's own insert went
 #: from ~176,000 to ~500,000 rows/s here, and zone maps skip more of the tokens table per trace.
-ROW_GROUP_SIZE = int(os.environ.get("THINKSCOPE_ROW_GROUP_SIZE", 16_384))
+ROW_GROUP_SIZE = int(settings.ROW_GROUP_SIZE.number(minimum=1, lenient=True))
 #: local ids for token texts with no tokenizer id start here, so they never meet real ids
 LOCAL_ID_BASE = 1 << 30
 

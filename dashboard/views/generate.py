@@ -7,6 +7,7 @@ import time
 import streamlit as st
 
 from analysis import grading
+from analysis import settings as defaults
 from analysis.errors import ThinkscopeError
 from analysis.problems import ANSWER_CUE, generate_problem_set
 from analysis.record import GenerationSettings, Prompt, record_run
@@ -90,7 +91,7 @@ else:
     text = st.text_area("One prompt per line", "What is 17 + 25? Think step by step.", height=120,
                         key="generate.prompts")
     prompts = [Prompt(line.strip()) for line in text.splitlines() if line.strip()]
-    marker_default = "</think>"
+    marker_default = defaults.THINK_MARKER
     first = prompts[0].text if prompts else ""
     auto_name = (f"{first[:40]}…" if len(first) > 40 else first) + (f" (+{len(prompts) - 1} prompts)"
                                                                     if len(prompts) > 1 else "")
@@ -99,15 +100,15 @@ with st.expander("Model and sampling", expanded=False):
     model_spec = st.text_input("Model (folder, .gguf file or cached hub id; empty = embedded SmolLM2-135M-Instruct)",
                                "", key="generate.model")
     c1, c2, c3, c4 = st.columns(4)
-    temperature = c1.number_input("Temperature", 0.05, 2.0, 0.7, 0.05, key="generate.temperature")
-    top_p = c2.number_input("Top-p", 0.05, 1.0, 0.95, 0.05, key="generate.top_p")
-    max_tokens = c3.number_input("Max new tokens", 8, 4096, 128, 8, key="generate.max_tokens")
+    temperature = c1.number_input("Temperature", 0.05, 2.0, defaults.TEMPERATURE, 0.05, key="generate.temperature")
+    top_p = c2.number_input("Top-p", 0.05, 1.0, defaults.TOP_P, 0.05, key="generate.top_p")
+    max_tokens = c3.number_input("Max new tokens", 8, 4096, defaults.MAX_NEW_TOKENS, 8, key="generate.max_tokens")
     samples = c4.number_input("Samples per prompt", 1, 32, 1, key="generate.samples")
     c5, c6, c7, c8 = st.columns(4)
     greedy = c5.toggle("Greedy decoding", False, key="generate.greedy")
-    seed = c6.number_input("Seed", 0, 1_000_000, 0, key="generate.seed")
+    seed = c6.number_input("Seed", 0, 1_000_000, defaults.SEED, key="generate.seed")
     marker = c7.text_input("End-of-thinking marker", marker_default, key=f"generate.marker.{source}")
-    batch_size = c8.number_input("Batch size (traces stored together; Stop ends after one)", 1, 64, 8,
+    batch_size = c8.number_input("Batch size (traces stored together; Stop ends after one)", 1, 64, defaults.BATCH_SIZE,
                                  key="generate.batch_size")
 
 with st.expander("Per-layer records (Layers page; slower)", expanded=False):
@@ -132,7 +133,7 @@ if go:
     st.session_state.pop(RESULT, None)
     settings = GenerationSettings(temperature=float(temperature), top_p=float(top_p),
                                   max_new_tokens=int(max_tokens), seed=int(seed), samples=int(samples),
-                                  do_sample=not greedy, marker=marker or "</think>", batch_size=int(batch_size),
+                                  do_sample=not greedy, marker=marker or defaults.THINK_MARKER, batch_size=int(batch_size),
                                   logit_lens=lens, lens_every=int(lens_every), attention_entropy=attn,
                                   head_layer=int(head_layer) or None)
     # Stop reruns the page; the rerun interrupts this script at its next progress update, which

@@ -15,6 +15,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from analysis.errors import ThinkscopeError
+from analysis.settings import THINK_MARKER
 from analysis.formats import FORMATS, ingest_files, preview
 from analysis.formats.base import META_SYNONYMS
 from analysis.formats.batch import INPUT_NAME as BATCH_INPUT
@@ -120,7 +121,7 @@ fmt_choice = c1.selectbox("Format", ["auto-detect", *FORMATS], key="upload.forma
                           format_func=lambda f: f if f == "auto-detect" else f"{f}: {FORMATS[f]}",
                           help="Detected from each file's first records; choose one to override the detection.")
 fmt = None if fmt_choice == "auto-detect" else fmt_choice
-marker = c2.text_input("End-of-thinking marker", "</think>", key="upload.marker",
+marker = c2.text_input("End-of-thinking marker", THINK_MARKER, key="upload.marker",
                        help="Splits thinking from answer where the thinking is inline.")
 
 field_map: dict[str, str] = st.session_state.get("upload.field_map", {})
