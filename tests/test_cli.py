@@ -93,3 +93,84 @@ def test_demo_loads_once(capsys, tmp_path):
     assert 40 <= n["traces"] <= 80
     code, out, _ = run(capsys, "--store", store, "demo", "--if-empty")
     assert "already" in out and Store(store).counts() == n
+
+
+# --------------------------------------------------------------------------- the pages' verbs
+
+
+def _hand_store(tmp_path):
+    import numpy as np
+
+    from analysis.trace import Trace
+    s = Store(tmp_path / "hand.duckdb")
+    rid = s.create_run("hand", "test", "tiny-llama", {"temperature": 0.7})
+    tokens = ["a", " b", " =c", " wait", " d", " e"]
+    s.add_traces(rid, [Trace("q", tokens, np.zeros(6), entropy_full=np.array([0.0, 0.0, 3.0, 0.0, 0.0, 0.0]))])
+    s.finish_run(rid)
+    return s, rid, int(s.traces(rid)["trace_id"].iloc[0])
+
+
+def test_forks_table_with_context(capsys, tmp_path):
+    s, rid, tid = _hand_store(tmp_path)
+    base = ("--store", str(s.path), "forks", str(rid), str(tid), "-w", "1")
+    code, out, _ = run(capsys, *base, "--method", "fixed", "--value", "1")
+    # window entropy at t is the next token's entropy (w = 1): only position 1 reaches tau = 1
+    assert code == 0 and "1 forking points of 6 tokens" in out and "tau = 1.0000 nats" in out
+    assert "a⟦ b⟧ =c wait d e" in out and "3.0" in out
+    code, out, err = run(capsys, *base, "--method", "fixed", "--value", "1", "--format", "csv")
+    rows = out.splitlines()
+    assert code == 0 and rows[0] == "position,token,window_entropy_nats,token_entropy_nats,context"
+    assert rows[1].startswith("1, b,3.0,0.0,") and "forking points" in err
+    code, out, _ = run(capsys, *base, "--method", "fixed", "--value", "1", "--lexicon")
+    assert code == 0 and "0 forking points" in out and "1 positions reach tau" in out
+    code, out, _ = run(capsys, *base, "--method", "fixed", "--value", str(1 / 0.6931471805599453), "--unit", "bits",
+                       "--format", "jsonl")
+    assert code == 0 and json.loads(out.splitlines()[0])["window_entropy_bits"] == pytest.approx(3 / 0.6931, rel=1e-3)
+    code, _, err = run(capsys, "--store", str(s.path), "forks", str(rid + 1), str(tid))
+    assert code == 2 and f"trace {tid} belongs to run {rid}, not run {rid + 1}" in err
+    code, _, err = run(capsys, "--store", str(s.path), "forks", str(rid), str(tid), "--method", "fixed")
+    assert code == 2 and "--method fixed needs --value" in err
+
+
+def test_show_traces_and_delete(capsys, tmp_path, monkeypatch):
+    s, rid, tid = _hand_store(tmp_path)
+    code, out, _ = run(capsys, "--store", str(s.path), "show", str(rid))
+    assert code == 0 and "run 1 'hand': 1 traces, 6 tokens" in out and '"temperature": 0.7' in out
+    code, out, _ = run(capsys, "--store", str(s.path), "traces", str(rid), "--format", "csv")
+    assert code == 0 and out.splitlines()[1].startswith(f"{tid},0,")
+    assert float(out.splitlines()[1].split(",")[8]) == pytest.approx(0.5)  # mean of the six entropies
+    # not confirmed: nothing is deleted
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    code, _, err = run(capsys, "--store", str(s.path), "delete", str(rid))
+    assert code == 2 and "not confirmed" in err and len(s.runs()) == 1
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda *a: "n")
+    code, _, err = run(capsys, "--store", str(s.path), "delete", str(rid))
+    assert code == 1 and "nothing deleted" in err and len(s.runs()) == 1
+    monkeypatch.setattr("builtins.input", lambda *a: "y")
+    code, out, _ = run(capsys, "--store", str(s.path), "delete", str(rid))
+    assert code == 0 and "deleted: 1 traces, 6 tokens" in out and s.runs().empty and s.counts()["tokens"] == 0
+    code, _, err = run(capsys, "--store", str(s.path), "delete", str(rid), "--yes")
+    assert code == 2 and f"no run {rid} in" in err
+
+
+def _commands(parser, prefix=()):
+    """Every command path of the CLI: ('generate',), ('branch', 'list'), ..."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _commands(sub, (*prefix, name))
+
+
+def test_every_command_is_in_the_readme():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    commands = list(_commands(cli.build_parser()))
+    assert ("forks",) in commands and ("delete",) in commands and len(commands) >= 12
+    missing = [" ".join(c) for c in commands
+               if not re.search(r"thinkscope (--store \S+ )?" + r"\s+".join(map(re.escape, c)) + r"\b", readme)]
+    assert not missing, f"commands not documented in README.md: {missing}"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis import metrics
+from analysis import forking, metrics
 from dashboard import charts, state
 from dashboard import tokens as token_text
 from dashboard.trace_views import comparison_figure, text_html, trace_text
@@ -38,28 +38,27 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
                            "window entropies (Beyond the 80/20 rule, arXiv 2506.01939, uses 20%); or a fixed "
                            "value.")
     win = metrics.window_entropy(h, w).values
+    corpus = None
     if method == "percentile":
         value = c3.slider("Percentile", 50.0, 100.0, 95.0, 0.5, key="explorer.pct")
-        tau = metrics.forking_threshold(win, "percentile", value)
     elif method == "corpus":
         value = c3.slider("Top % of the run's tokens", 1.0, 50.0, 20.0, 1.0, key="explorer.top")
         corpus = state.cached(state.run_window_entropy, int(run_id), estimator, int(w))
-        tau = metrics.forking_threshold(win, "corpus", value, corpus=corpus)
     else:
         top = float(np.nanmax(state.convert(win, unit))) if np.isfinite(win).any() else 1.0
         value_disp = c3.slider(f"τ ({unit}, {estimator})", 0.0, max(round(top, 2), 0.01), min(1.0, top),
                                0.01, key=f"explorer.fixed.{trace_id}.{estimator}.{unit}")
         value = value_disp * (metrics.LN2 if unit == "bits" else 1.0)
-        tau = metrics.forking_threshold(win, "fixed", value)
 
     with st.expander("Restrict forking points to discourse tokens (lexicon)"):
         use_lex = st.toggle("Only tokens in the lexicon", value=False, key="explorer.use_lexicon")
         lex_text = st.text_area("Lexicon (one entry per line; case-insensitive; the tokenizer's space "
                                 "marker is stripped)", "\n".join(metrics.DEFAULT_LEXICON), height=160,
                                 key="explorer.lexicon")
-    lexicon = [x for x in lex_text.splitlines() if x.strip()] if use_lex else None
-    forks = metrics.forking_points(win, tau, tt.tokens, lexicon)
-    reaching = len(forks) if lexicon is None else len(metrics.forking_points(win, tau))
+    lexicon = tuple(x for x in lex_text.splitlines() if x.strip()) if use_lex else None
+    found = forking.find_forks(tt.tokens, h, forking.ForkSettings(estimator, int(w), method, float(value), lexicon),
+                               corpus)
+    forks, tau, reaching = found.table["position"].to_numpy(), found.tau, found.reaching
 
     # ------------------------------------------------------------ summary
     m = st.columns(5)
@@ -99,16 +98,13 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
         # the outlines in the text below: a style rule, so the text itself is not re-sent
         st.html(token_text.fork_marks_css(in_text) + '<div style="font-size:0.8rem;color:#4b5563;">'
                 f"{len(in_text)} of them in the text shown below (tokens {start}–{stop - 1}), outlined.</div>")
-        a, b = tt.offsets[forks], tt.offsets[forks + 1]
-        text = tt.text
-        context = [(text[max(0, i - 40):i] + "⟦" + text[i:j] + "⟧" + text[j:j + 60]).replace("\n", " ")
-                   for i, j in zip(a.tolist(), b.tolist())]
+        t = found.table
         st.dataframe(pd.DataFrame({
-            "position": forks,
-            "token": [token_text.label_token(tt.tokens[f]) for f in forks.tolist()],
-            f"window entropy (next {w}; {unit}, {estimator})": state.convert(win[forks], unit),
-            f"token entropy H ({unit}, {estimator})": state.convert(h[forks], unit),
-            "context": context}), hide_index=True, width="stretch")
+            "position": t["position"],
+            "token": [token_text.label_token(x) for x in t["token"]],
+            f"window entropy (next {w}; {unit}, {estimator})": state.convert(t["window_entropy"].to_numpy(), unit),
+            f"token entropy H ({unit}, {estimator})": state.convert(t["token_entropy"].to_numpy(), unit),
+            "context": t["context"]}), hide_index=True, width="stretch")
 
 
 # ---------------------------------------------------------------- page

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from analysis.runs import delete_run
 from analysis.store import json_settings
 from dashboard import charts, state
 
@@ -52,7 +53,7 @@ with st.expander("Run details and settings", expanded=state.SHARED_RUN in st.ses
     with c2.popover("Delete run"):
         st.write("This removes the run and all its traces from the store.")
         if st.button("Delete for good", type="primary", key="runs.delete"):
-            state.store().delete_run(int(run_id))
+            delete_run(state.store(), int(run_id))
             if st.session_state.get(state.SHARED_RUN) == run_id:
                 state.forget()
             st.cache_data.clear()
