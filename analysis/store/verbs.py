@@ -17,6 +17,7 @@ from ..trace import Trace
 from .batch import Batch, NextIds, insert_tables
 from .connection import Database, StoreError, _finish, _writer, writer_gone
 from .schema import ENTROPY_COLUMNS, LAYER_FIELDS
+from .signals import SignalsVerbs
 from .values import _filled, json_settings, json_text, valid_text
 
 #: batches built ahead of the one being written by ``Store.add_batches`` (memory: about
@@ -24,7 +25,7 @@ from .values import _filled, json_settings, json_text, valid_text
 WRITE_AHEAD = 2
 
 
-class Store(Database):
+class Store(SignalsVerbs, Database):
     """A thinkscope store: ``Database``'s connections plus the verbs that read and write it.
 
     ``warnings`` collects what went wrong without losing data (a checkpoint that failed after

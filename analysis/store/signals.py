@@ -1,0 +1,33 @@
+"""Store verbs for signals and comparisons: a run's token values in one columnar read."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SignalsVerbs:
+    """Mixed into ``Store``: reads the signals, token-entropy and comparison views need."""
+
+    def run_token_values(self, run_id: int, estimator: str = "best", with_text: bool = False,
+                         with_ids: bool = False) -> dict[str, np.ndarray]:
+        """Every token of a run as arrays ordered by trace_id then pos (the order of
+        ``run_window_entropy``): trace_id, pos, entropy (nats, ``estimator``; NaN where
+        missing), logprob (nats, NaN where unknown), and on request token (text) and token_id
+        (-1 where unknown). One columnar read: no per-trace query."""
+        col = self.entropy_column(estimator)
+        extra = (", token" if with_text else "") + (", token_id" if with_ids else "")
+        with self.connect(write=False) as con:
+            tab = con.sql(f"""
+                SELECT trace_id, pos, {col} AS entropy, logprob{extra} FROM tokens
+                WHERE trace_id IN (SELECT trace_id FROM traces WHERE run_id = ?)
+                ORDER BY trace_id, pos""", params=[int(run_id)]).to_arrow_table()
+        out = {"trace_id": tab.column("trace_id").to_numpy().astype(np.int64),
+               "pos": tab.column("pos").to_numpy().astype(np.int64),
+               "entropy": tab.column("entropy").to_numpy(zero_copy_only=False).astype(np.float64),
+               "logprob": tab.column("logprob").to_numpy(zero_copy_only=False).astype(np.float64)}
+        if with_text:
+            out["token"] = np.asarray(tab.column("token").to_pylist(), dtype=object)
+        if with_ids:
+            ids = tab.column("token_id").to_pandas()
+            out["token_id"] = ids.fillna(-1).to_numpy().astype(np.int64)
+        return out
