@@ -380,16 +380,11 @@ def answer_char_end(completion: str, pred: str | None, gold: str | None) -> int:
 
 def load_run_tokens(store, run_id: int, estimator: str = "full") -> RunTokens:
     """Per-token entropies, correctness and answer positions of a stored run (one query each)."""
-    col = store.entropy_column(estimator)
-    tr = store.query("SELECT trace_id, n_tokens, correct, coalesce(c.completion, '') AS completion, "
-                     "pred_answer, gold_answer FROM traces LEFT JOIN completions($1) c USING (trace_id) "
-                     "WHERE run_id = $1 ORDER BY trace_id", [int(run_id)])
+    store.entropy_column(estimator)  # an unknown estimator is refused before any query
+    tr = store.completions(run_id)
     if tr.empty:
         raise EarlyStopError(f"run {run_id} has no traces")
-    tok = store.query(f"""
-        SELECT k.trace_id, k.{col} AS h, length(coalesce(k.token, '')) AS len
-        FROM tokens k JOIN traces t USING (trace_id) WHERE t.run_id = ?
-        ORDER BY k.trace_id, k.pos""", [int(run_id)])
+    tok = store.run_token_entropies(run_id, estimator)
     lengths = tr["n_tokens"].to_numpy(np.int64)
     h = tok["h"].to_numpy(np.float64, na_value=np.nan)
     if h.size != lengths.sum():
@@ -601,10 +596,8 @@ def replay_items(store, run_id: int, stops: dict[int, int]) -> list[dict]:
     if not stops:
         return []
     ids = sorted(int(t) for t in stops)
-    ph = ", ".join("?" * len(ids))
-    tr = store.query(f"SELECT trace_id, prompt, gold_answer FROM traces WHERE trace_id IN ({ph})", ids)
-    tok = store.query(f"SELECT trace_id, pos, token_id FROM tokens WHERE trace_id IN ({ph}) ORDER BY trace_id, pos",
-                      ids)
+    tr = store.prompts(ids)
+    tok = store.token_ids(ids)
     if (tok["token_id"] < 0).any() or tok["token_id"].isna().any():
         raise EarlyStopError(f"run {run_id} has no token ids (an uploaded run?): it cannot be replayed; "
                              "the accuracy shown is an estimate")
@@ -628,11 +621,9 @@ def replay(lm, store, run_id: int, stops: dict[int, int], cue: str = DEFAULT_CUE
     """
     from .grading import GradingRule, grade
     from .record import GenerationSettings, build_prompt_ids
-    from .store import json_settings
 
     rule = rule or GradingRule()
-    runs = store.query("SELECT settings FROM runs WHERE run_id = ?", [int(run_id)])
-    s = json_settings(runs["settings"].iloc[0]) if not runs.empty else {}
+    s = store.run_settings(int(run_id))
     gs = GenerationSettings(chat_template=bool(s.get("chat_template", True)), system_prompt=s.get("system_prompt"))
     items = replay_items(store, run_id, stops)
     total = len(items)

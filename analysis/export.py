@@ -18,12 +18,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .store import ENTROPY_COLUMNS, TRACE_META_COLUMNS, Store, StoreError, json_settings
+from .store import ENTROPY_COLUMNS, LAYER_FIELDS, RUN_TRACE_FIELDS, Store, StoreError, json_settings
 from .trace import Trace, TraceError
 
 FORMAT_NAME = "thinkscope"
 FORMAT_VERSION = 1
-TRACE_FIELDS = ("trace_idx", "source_id", "prompt", "boundary", *TRACE_META_COLUMNS, "metadata")
+TRACE_FIELDS = RUN_TRACE_FIELDS
 TOKEN_FIELDS = ("pos", "token_id", "token", "logprob", *ENTROPY_COLUMNS.values(),
                 "topk_ids", "topk_tokens", "topk_logprobs")
 #: a CSV cell that starts with one of these is a formula to a spreadsheet (OWASP's list for CSV
@@ -44,41 +44,27 @@ def csv_text_back(cell: str) -> str:
 
 def run_frame(store: Store, run_id: int) -> tuple[dict, pd.DataFrame]:
     """(run info, one row per token with trace fields) for a run."""
-    runs = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
-    if runs.empty:
-        raise StoreError(f"{store.path}: no run with id {run_id}")
-    r = runs.iloc[0]
+    r = store.run(run_id)
     info = {"name": r["name"], "source": r["source"], "model": r["model"],
             "settings": json_settings(r["settings"]), "format": FORMAT_NAME, "version": FORMAT_VERSION}
-    cols = ", ".join(f"t.{c}" for c in ("source_id", "prompt", "boundary", *TRACE_META_COLUMNS, "metadata"))
-    df = store.query(f"""
-        SELECT t.idx AS trace_idx, {cols}, k.pos, k.token_id, k.token, k.logprob,
-               {", ".join(f"k.{c}" for c in ENTROPY_COLUMNS.values())},
-               k.topk_ids, k.topk_logprobs
-        FROM traces t JOIN tokens k USING (trace_id)
-        WHERE t.run_id = ? ORDER BY t.idx, k.pos""", [run_id])
-    vocab = dict(store.query("SELECT token_id, text FROM vocab WHERE run_id = ?", [run_id])
-                 .itertuples(index=False, name=None))
+    df = store.run_token_rows(run_id)
+    vocab = store.run_vocab(run_id)
     df["topk_tokens"] = [None if ids is None else [vocab.get(int(i), f"<id {int(i)}>") for i in ids]
                          for ids in df["topk_ids"]]
     df = _with_layers(store, run_id, df, vocab)
-    empty = store.query("SELECT idx FROM traces WHERE run_id = ? AND n_tokens = 0", [run_id])
-    if not empty.empty:  # traces without tokens still travel, as one row with pos NULL
-        extra = store.query(f"""SELECT t.idx AS trace_idx, {cols} FROM traces t
-                                WHERE t.run_id = ? AND t.n_tokens = 0""", [run_id])
+    extra = store.run_empty_traces(run_id)
+    if not extra.empty:  # traces without tokens still travel, as one row with pos NULL
         df = pd.concat([df, extra], ignore_index=True).sort_values(["trace_idx", "pos"], na_position="first")
     return info, df.reset_index(drop=True)
 
 
 #: per-layer list columns (logit lens, attention entropy) carried by Parquet exports
-LAYER_COLUMNS = ("lens_entropy", "lens_top1", "attn_entropy", "attn_entropy_norm", "attn_head_entropy")
+LAYER_COLUMNS = tuple(LAYER_FIELDS)
 
 
 def _with_layers(store: Store, run_id: int, df: pd.DataFrame, vocab: dict[int, str]) -> pd.DataFrame:
     """Add the run's per-layer columns (and the lens top-1 tokens' text), if it has any."""
-    layers = store.query(f"""
-        SELECT t.idx AS trace_idx, l.pos, {", ".join(f"l.{c}" for c in LAYER_COLUMNS)}
-        FROM token_layers l JOIN traces t USING (trace_id) WHERE t.run_id = ?""", [run_id])
+    layers = store.run_layer_rows(run_id)
     if layers.empty:
         return df
     layers["lens_top1_tokens"] = [None if ids is None else [vocab.get(int(i), f"<id {int(i)}>") for i in ids]

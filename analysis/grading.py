@@ -271,8 +271,7 @@ def grade_frame(df: pd.DataFrame, rule: GradingRule = GradingRule()) -> pd.DataF
 def regrade_run(store, run_id: int, rule: GradingRule = GradingRule()) -> dict:
     """Re-grade every trace of a stored run with ``rule`` and write the grades back in one
     transaction. Returns counts: n, correct, wrong, ungraded."""
-    df = store.query("SELECT trace_id, coalesce(c.completion, '') AS completion, gold_answer "
-                     "FROM traces LEFT JOIN completions($1) c USING (trace_id) WHERE run_id = $1", [int(run_id)])
+    df = store.completions(run_id)[["trace_id", "completion", "gold_answer"]]
     if df.empty:
         raise GradingError(f"run {run_id} has no traces to grade")
     grades = grade_frame(df, rule)

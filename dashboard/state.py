@@ -144,15 +144,13 @@ def open_page(page: str, run_id: int, trace_id: int | None = None) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def trace_run(path: str, version: int, trace_id: int) -> int | None:
-    df = Store(path).query("SELECT run_id FROM traces WHERE trace_id = ?", [int(trace_id)])
-    return None if df.empty else int(df["run_id"].iloc[0])
+    return Store(path).trace_run(int(trace_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def graded_counts(path: str, version: int) -> dict[int, int]:
     """run_id -> number of its traces graded correct or wrong."""
-    df = Store(path).query("SELECT run_id, count(correct) AS n FROM traces GROUP BY run_id")
-    return {int(r): int(n) for r, n in zip(df["run_id"], df["n"])}
+    return Store(path).graded_counts()
 
 
 def most_graded_run(df: pd.DataFrame) -> int | None:
@@ -231,10 +229,7 @@ def select_run(key: str, df: pd.DataFrame | None = None, default: int | None = N
 @st.cache_data(show_spinner=False, max_entries=16)
 def trace_stats_all(path: str, version: int) -> pd.DataFrame:
     """Sequence entropy (phase 'all', each trace's best estimator) of every trace."""
-    return Store(path).query("""
-        SELECT t.run_id, t.trace_id, s.estimator, s.mean_entropy
-        FROM traces t JOIN trace_stats s ON s.trace_id = t.trace_id
-             AND s.estimator = t.estimator AND s.phase = 'all'""")
+    return Store(path).best_trace_stats()
 
 
 def trace_label(row, with_entropy: bool = True) -> str:

@@ -103,7 +103,7 @@ def fail_the_checkpoint_after_the_import(monkeypatch, how):
     """Arrange for the detach that ends the next import's transaction (that one only) to fail
     its checkpoint: ``how(eng, alias)`` does that detach."""
     armed = {"on": False, "used": False}
-    real_insert, real_detach = ing._insert_staged, store_mod._run_detach
+    real_insert, real_detach = Store.import_staged, store_mod._run_detach
 
     def insert(*a, **k):
         armed["on"], armed["used"] = not armed["used"], True
@@ -114,7 +114,7 @@ def fail_the_checkpoint_after_the_import(monkeypatch, how):
             armed["on"] = False
             return how(eng, alias)
         return real_detach(eng, alias)
-    monkeypatch.setattr(ing, "_insert_staged", insert)
+    monkeypatch.setattr(Store, "import_staged", insert)
     monkeypatch.setattr(store_mod, "_run_detach", detach)
 
 

@@ -22,17 +22,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-import duckdb
-
 from .. import settings
-from ..store import Store, StoreError, free_bytes, insert_tables, json_text, mb, NextIds, valid_text
+from ..store import DuplicateContent, NextIds, Store, StoreError, free_bytes, mb
 from ..trace import Trace, TraceError
 from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
@@ -511,52 +508,17 @@ def _swap(store: Store, staging: Path, run: dict, digest: str | None, n_traces: 
     The duplicate check is repeated inside the transaction (and the store's unique index on
     content hashes backs it), so of two imports of one file that were both checked before
     either committed, exactly one commits and the other raises DuplicateFileError."""
-    files = sorted(staging.glob("*.arrow"))
+    def staged() -> Iterator[tuple[str, pa.Table]]:
+        for f in sorted(staging.glob("*.arrow")):
+            with pa.memory_map(str(f)) as source:
+                yield f.stem.split("-", 2)[2], pa.ipc.open_stream(source).read_all()
+
     try:
-        return _insert_staged(store, files, run, digest, n_traces, n_tokens, name)
+        return store.import_staged(staged(), run, digest, n_traces, n_tokens, memory_limit=STAGING_MEMORY)
+    except DuplicateContent as e:
+        raise DuplicateFileError.of(name, digest, e.run) from None
     except StoreError as e:  # a fault before or at the commit: the transaction was rolled back
         raise StoreError(f"{e}; nothing was imported") from e
-    except duckdb.ConstraintException:
-        dup = store.find_run_by_hash(digest) if digest else None
-        if dup is None or dup.empty:
-            raise
-        raise DuplicateFileError.of(name, digest, dup.iloc[0]) from None
-
-
-def _insert_staged(store: Store, files: list[Path], run: dict, digest: str | None, n_traces: int,
-                   n_tokens: int, name: str) -> int:
-    with store.connect() as con:
-        # one transaction of the whole file's rows: cap DuckDB's memory for it (the store's
-        # engine is shared by the process, so restore the setting after)
-        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-        con.execute(f"SET memory_limit = '{STAGING_MEMORY}'")
-        try:
-            con.execute("BEGIN")
-            if digest is not None:
-                dup = con.execute("SELECT * FROM runs WHERE content_hash = ?", [digest]).df()
-                if not dup.empty:
-                    raise DuplicateFileError.of(name, digest, dup.iloc[0])
-            new_run = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
-            off = con.execute("SELECT coalesce(max(trace_id), 0) FROM traces").fetchone()[0]
-            con.execute(
-                "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
-                "n_traces, n_tokens) VALUES (?, ?, ?, ?, ?, ?, 'complete', ?, ?, ?)",
-                [new_run, valid_text(run["name"]), run["source"], valid_text(run["model"]),
-                 json_text(run["settings"]),
-                 datetime.now(timezone.utc).replace(tzinfo=None), digest, n_traces, n_tokens])
-            moved = {"trace_id": f"trace_id + {int(off)}", "run_id": str(int(new_run))}
-            for f in files:
-                table = f.stem.split("-", 2)[2]
-                with pa.memory_map(str(f)) as source:
-                    insert_tables(con, {table: pa.ipc.open_stream(source).read_all()}, replace=moved)
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.execute(f"SET memory_limit = '{limit}'")
-    return int(new_run)
 
 
 def ingest_files(store: Store, paths: list[str | Path], format: str | None = None, run_name: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -11,18 +12,50 @@ from typing import Callable, Iterable
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .. import metrics
 from ..trace import Trace
 from .batch import Batch, NextIds, insert_tables
 from .connection import Database, StoreError, _finish, _writer, writer_gone
-from .schema import ENTROPY_COLUMNS, LAYER_FIELDS
+from .schema import ENTROPY_COLUMNS, LAYER_FIELDS, TRACE_META_COLUMNS
 from .signals import SignalsVerbs
 from .values import _filled, json_settings, json_text, valid_text
 
 #: batches built ahead of the one being written by ``Store.add_batches`` (memory: about
 #: 250 bytes per token row of each)
 WRITE_AHEAD = 2
+#: a trace's fields in the rows of ``Store.run_token_rows`` and ``Store.run_empty_traces``
+RUN_TRACE_FIELDS = ("trace_idx", "source_id", "prompt", "boundary", *TRACE_META_COLUMNS, "metadata")
+_TRACE_COLS = "t.idx AS trace_idx, " + ", ".join(f"t.{c}" for c in RUN_TRACE_FIELDS[1:])
+
+
+class DuplicateContent(StoreError):
+    """A run with this content hash (of an imported file) is already in the store: ``run`` is
+    its row."""
+
+    def __init__(self, content_hash: str, run: pd.Series):
+        super().__init__(f"a run with content hash {content_hash[:12]}… is already stored: "
+                         f"#{int(run['run_id'])}")
+        self.content_hash = content_hash
+        self.run = run
+
+
+def _marks(ids: list) -> str:
+    return ", ".join("?" * len(ids))
+
+
+def _insert_run(con, name: str, source: str, model: str | None, settings: dict, status: str,
+                content_hash: str | None, writer: str | None = None, n_traces: int = 0,
+                n_tokens: int = 0) -> int:
+    """Insert a run row with the next free id (in the caller's transaction); return the id."""
+    run_id = int(con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0])
+    con.execute(
+        "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
+        "n_traces, n_tokens, writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [run_id, valid_text(name), source, valid_text(model), json_text(settings),
+         datetime.now(timezone.utc).replace(tzinfo=None), status, content_hash, n_traces, n_tokens, writer])
+    return run_id
 
 
 class Store(SignalsVerbs, Database):
@@ -39,15 +72,51 @@ class Store(SignalsVerbs, Database):
         writer, so that it is shown as interrupted once the process is gone."""
         with self.connect() as con:
             con.execute("BEGIN")
-            run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
-            con.execute(
-                "INSERT INTO runs (run_id, name, source, model, settings, created_at, status, content_hash, "
-                "writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, valid_text(name), source, valid_text(model), json_text(settings or {}),
-                 datetime.now(timezone.utc).replace(tzinfo=None), status, content_hash,
-                 _writer() if status == "running" else None])
+            run_id = _insert_run(con, name, source, model, settings or {}, status, content_hash,
+                                 writer=_writer() if status == "running" else None)
             con.execute("COMMIT")
-        return int(run_id)
+        return run_id
+
+    def import_staged(self, tables: Iterable[tuple[str, pa.Table]], run: dict, content_hash: str | None,
+                      n_traces: int, n_tokens: int, memory_limit: str | None = None) -> int:
+        """Store a staged file's rows as one new complete run, in one transaction; return its id.
+
+        ``tables`` yields (table name, rows) as ``build_batch`` made them for a run of id 1 with
+        trace ids from 1: they are moved past the store's ids as they are inserted. ``run`` has
+        name, source, model and settings. ``memory_limit`` caps DuckDB's memory for the
+        transaction (the engine is shared by the process, so the setting is restored after).
+        A run with the same content hash, found in the transaction or by the store's unique
+        index on hashes, raises DuplicateContent and nothing is stored."""
+        try:
+            with self.connect() as con:
+                limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+                if memory_limit is not None:
+                    con.execute(f"SET memory_limit = '{memory_limit}'")
+                try:
+                    con.execute("BEGIN")
+                    if content_hash is not None:
+                        dup = con.execute("SELECT * FROM runs WHERE content_hash = ?", [content_hash]).df()
+                        if not dup.empty:
+                            raise DuplicateContent(content_hash, dup.iloc[0])
+                    off = con.execute("SELECT coalesce(max(trace_id), 0) FROM traces").fetchone()[0]
+                    new_run = _insert_run(con, run["name"], run["source"], run["model"], run["settings"],
+                                          "complete", content_hash, n_traces=n_traces, n_tokens=n_tokens)
+                    moved = {"trace_id": f"trace_id + {int(off)}", "run_id": str(int(new_run))}
+                    for table, rows in tables:
+                        insert_tables(con, {table: rows}, replace=moved)
+                    con.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        con.execute("ROLLBACK")
+                    raise
+                finally:
+                    con.execute(f"SET memory_limit = '{limit}'")
+        except duckdb.ConstraintException:
+            dup = self.find_run_by_hash(content_hash) if content_hash else None
+            if dup is None or dup.empty:
+                raise
+            raise DuplicateContent(content_hash, dup.iloc[0]) from None
+        return new_run
 
     def finish_run(self, run_id: int, status: str = "complete") -> None:
         """Set a run's status and refresh its counts."""
@@ -304,6 +373,91 @@ class Store(SignalsVerbs, Database):
             return
         with self.connect() as own:
             own.execute(sql, params)
+
+    def run(self, run_id: int) -> pd.Series:
+        """A run's row (name, source, model, settings as JSON text, status, ...)."""
+        df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            raise StoreError(f"{self.path}: no run with id {run_id}")
+        return df.iloc[0]
+
+    def run_settings(self, run_id: int) -> dict:
+        """A run's settings; empty for a run that is not in the store."""
+        df = self.query("SELECT settings FROM runs WHERE run_id = ?", [run_id])
+        return json_settings(df["settings"].iloc[0]) if not df.empty else {}
+
+    def trace_run(self, trace_id: int) -> int | None:
+        """The run a trace belongs to; None when no trace has that id."""
+        df = self.query("SELECT run_id FROM traces WHERE trace_id = ?", [trace_id])
+        return None if df.empty else int(df["run_id"].iloc[0])
+
+    def graded_counts(self) -> dict[int, int]:
+        """run_id -> number of its traces graded correct or wrong (runs with traces only)."""
+        df = self.query("SELECT run_id, count(correct) AS n FROM traces GROUP BY run_id")
+        return {int(r): int(n) for r, n in zip(df["run_id"], df["n"])}
+
+    def best_trace_stats(self) -> pd.DataFrame:
+        """Sequence entropy (nats, phase 'all', each trace's best estimator) of every trace:
+        run_id, trace_id, estimator, mean_entropy."""
+        return self.query("""
+            SELECT t.run_id, t.trace_id, s.estimator, s.mean_entropy
+            FROM traces t JOIN trace_stats s ON s.trace_id = t.trace_id
+                 AND s.estimator = t.estimator AND s.phase = 'all'""")
+
+    def completions(self, run_id: int) -> pd.DataFrame:
+        """A run's traces with their completion text ('' without tokens), answers and grade,
+        ordered by trace_id: trace_id, n_tokens, correct, completion, pred_answer, gold_answer."""
+        return self.query("SELECT trace_id, n_tokens, correct, coalesce(c.completion, '') AS completion, "
+                          "pred_answer, gold_answer FROM traces LEFT JOIN completions($1) c USING (trace_id) "
+                          "WHERE run_id = $1 ORDER BY trace_id", [int(run_id)])
+
+    def run_token_entropies(self, run_id: int, estimator: str = "best") -> pd.DataFrame:
+        """Every token of a run ordered by trace_id then pos: trace_id, h (entropy in nats by
+        ``estimator``, NaN where not stored), len (characters of the token's text)."""
+        col = self.entropy_column(estimator)
+        return self.query(f"""
+            SELECT k.trace_id, k.{col} AS h, length(coalesce(k.token, '')) AS len
+            FROM tokens k JOIN traces t USING (trace_id) WHERE t.run_id = ?
+            ORDER BY k.trace_id, k.pos""", [int(run_id)])
+
+    def prompts(self, trace_ids: list[int]) -> pd.DataFrame:
+        """trace_id, prompt and gold_answer of the given traces."""
+        ids = [int(t) for t in trace_ids]
+        return self.query(f"SELECT trace_id, prompt, gold_answer FROM traces WHERE trace_id IN ({_marks(ids)})",
+                          ids)
+
+    def token_ids(self, trace_ids: list[int]) -> pd.DataFrame:
+        """trace_id, pos and token_id of every token of the given traces, in order."""
+        ids = [int(t) for t in trace_ids]
+        return self.query(f"SELECT trace_id, pos, token_id FROM tokens WHERE trace_id IN ({_marks(ids)}) "
+                          "ORDER BY trace_id, pos", ids)
+
+    # ------------------------------------------------------------------ a whole run, row by row
+    def run_token_rows(self, run_id: int) -> pd.DataFrame:
+        """One row per token of a run, ordered by trace index then position: the trace's
+        fields (``RUN_TRACE_FIELDS``, trace_idx being its index in the run) repeated, then
+        pos, token_id, token, logprob, the entropy columns (nats), topk_ids, topk_logprobs."""
+        return self.query(f"""
+            SELECT {_TRACE_COLS}, k.pos, k.token_id, k.token, k.logprob,
+                   {", ".join(f"k.{c}" for c in ENTROPY_COLUMNS.values())},
+                   k.topk_ids, k.topk_logprobs
+            FROM traces t JOIN tokens k USING (trace_id)
+            WHERE t.run_id = ? ORDER BY t.idx, k.pos""", [run_id])
+
+    def run_empty_traces(self, run_id: int) -> pd.DataFrame:
+        """The fields (``RUN_TRACE_FIELDS``) of a run's traces that have no tokens."""
+        return self.query(f"SELECT {_TRACE_COLS} FROM traces t WHERE t.run_id = ? AND t.n_tokens = 0", [run_id])
+
+    def run_vocab(self, run_id: int) -> dict[int, str]:
+        """token id -> text of a run's vocabulary rows."""
+        return dict(self.query("SELECT token_id, text FROM vocab WHERE run_id = ?", [run_id])
+                    .itertuples(index=False, name=None))
+
+    def run_layer_rows(self, run_id: int) -> pd.DataFrame:
+        """A run's per-layer records: trace_idx, pos and the ``LAYER_FIELDS`` lists, unordered."""
+        return self.query(f"""
+            SELECT t.idx AS trace_idx, l.pos, {", ".join(f"l.{c}" for c in LAYER_FIELDS)}
+            FROM token_layers l JOIN traces t USING (trace_id) WHERE t.run_id = ?""", [run_id])
 
     def find_run_by_hash(self, content_hash: str) -> pd.DataFrame:
         return self.query("SELECT * FROM runs WHERE content_hash = ?", [content_hash])
