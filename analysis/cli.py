@@ -22,7 +22,8 @@ from .errors import ThinkscopeError
 
 #: modules with a ``register(subparsers)`` function that add their own commands
 COMMAND_MODULES: list[str] = ["analysis.cli", "analysis.formats.cli", "analysis.cli_difficulty",
-                               "analysis.cli_runs"]
+                               "analysis.cli_runs",
+                               "analysis.cli_signals"]
 
 
 #: characters a terminal would act on: C0 controls but the newline, DEL, C1 controls, the
@@ -92,6 +93,8 @@ def cmd_generate(args) -> int:
     if args.limit:
         prompts = prompts[: args.limit]
     store = _store(args)
+    from .cli_signals import tag_runs_created
+    tag_runs_created(store, args)  # --checkpoint-step
     print(f"loading model {args.model or 'embedded default'} ...", file=sys.stderr)
     lm = load_model(args.model)
     source = args.problems or args.prompts
@@ -209,6 +212,8 @@ def register(sub) -> None:
                    help="early-stop settings JSON (dashboard export or `thinkscope calibrate`): stop on entropy "
                    "inside generation, force the answer, record the tokens saved")
     g.add_argument("--run-name")
+    from .cli_signals import add_checkpoint_flag
+    add_checkpoint_flag(g)
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("runs", help="list the runs in the store")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import signals as sig
-from .errors import ThinkscopeError
+from .errors import CompareError
 from .metrics import strip_space_marker
 from .settings import THINK_MARKER
 from .store import json_settings
@@ -38,10 +38,6 @@ LOW_ENTROPY = 0.01
 HIST_FLOOR = 1e-5
 #: run settings key of a run's training step
 CHECKPOINT_KEY = "checkpoint_step"
-
-
-class CompareError(ThinkscopeError, ValueError):
-    """A comparison the runs cannot give (no shared text, no checkpoint steps, ...)."""
 
 
 # --------------------------------------------------------------------------- Beyond 80/20
@@ -99,7 +95,11 @@ def token_entropy_profile(entropy: np.ndarray, tokens: Sequence[str], run_id: in
 
 
 def run_token_entropy_profile(store, run_id: int, estimator: str = "best", **kw) -> TokenEntropyProfile:
+    """The token-entropy profile of a stored run; ``best`` is named as the run's own estimator."""
     v = store.run_token_values(run_id, estimator, with_text=True)
+    if estimator == "best":
+        est = store.traces(run_id)["estimator"]
+        estimator = str(est.mode().iloc[0]) if len(est) else estimator
     return token_entropy_profile(v["entropy"], v["token"], int(run_id), estimator, **kw)
 
 

@@ -42,7 +42,9 @@ def cmd_ingest(args) -> int:
     results = ingest_files(store, args.files, format=args.format, run_name=args.run_name,
                            progress=_bytes_bar(), model=args.model, field_map=field_map or None,
                            marker=args.marker)
+    from ..cli_signals import tag_from_args
     for r in results:
+        tag_from_args(store, r.run_id, args)  # --checkpoint-step
         echo(f"run {r.run_id} '{r.name}': {r.n_traces} traces, {r.n_tokens} tokens ({r.format}) "
              f"in {r.seconds:.1f} s")
         for w in r.warnings:
@@ -63,4 +65,6 @@ def register(sub) -> None:
     p.add_argument("--map", action="append", metavar="FIELD=NAME",
                    help="read metadata FIELD (problem_id, gold_answer, level, correct, ...) or a table's column "
                         "role (trace, pos, token, logprob) from the file's field NAME; repeatable")
+    from ..cli_signals import add_checkpoint_flag
+    add_checkpoint_flag(p)
     p.set_defaults(func=cmd_ingest)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .values import _filled
+
 
 class SignalsVerbs:
     """Mixed into ``Store``: reads the signals, token-entropy and comparison views need."""
@@ -17,17 +19,15 @@ class SignalsVerbs:
         col = self.entropy_column(estimator)
         extra = (", token" if with_text else "") + (", token_id" if with_ids else "")
         with self.connect(write=False) as con:
-            tab = con.sql(f"""
+            got = con.execute(f"""
                 SELECT trace_id, pos, {col} AS entropy, logprob{extra} FROM tokens
                 WHERE trace_id IN (SELECT trace_id FROM traces WHERE run_id = ?)
-                ORDER BY trace_id, pos""", params=[int(run_id)]).to_arrow_table()
-        out = {"trace_id": tab.column("trace_id").to_numpy().astype(np.int64),
-               "pos": tab.column("pos").to_numpy().astype(np.int64),
-               "entropy": tab.column("entropy").to_numpy(zero_copy_only=False).astype(np.float64),
-               "logprob": tab.column("logprob").to_numpy(zero_copy_only=False).astype(np.float64)}
+                ORDER BY trace_id, pos""", [int(run_id)]).fetchnumpy()
+        out = {"trace_id": np.asarray(got["trace_id"], np.int64), "pos": np.asarray(got["pos"], np.int64),
+               "entropy": _filled(got["entropy"], np.nan).astype(np.float64),
+               "logprob": _filled(got["logprob"], np.nan).astype(np.float64)}
         if with_text:
-            out["token"] = np.asarray(tab.column("token").to_pylist(), dtype=object)
+            out["token"] = _filled(got["token"], "").astype(object)
         if with_ids:
-            ids = tab.column("token_id").to_pandas()
-            out["token_id"] = ids.fillna(-1).to_numpy().astype(np.int64)
+            out["token_id"] = _filled(got["token_id"], -1).astype(np.int64)
         return out
