@@ -175,6 +175,17 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     return max(0.0, c - h), min(1.0, c + h)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k / n; (NaN, NaN) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
 def verdict(iv: Interval, chance: float = 0.5) -> str:
     """'better than chance' when the interval lies above ``chance``, 'reversed' when below,
     'not distinguishable from chance' when it holds it, 'no interval' without one."""
