@@ -106,11 +106,12 @@ def token_pieces(tok, ids: Sequence[int]) -> list[str]:
 
 
 class VocabText:
-    """Cached text of single token ids, for the top-k alternatives."""
+    """Cached text of single token ids, for the top-k alternatives; ``cache`` may be a dict
+    the caller keeps (it receives every text decoded)."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, cache: dict[int, str] | None = None):
         self.tok = tok
-        self.cache: dict[int, str] = {}
+        self.cache: dict[int, str] = {} if cache is None else cache
 
     def __call__(self, ids: Iterable[int]) -> dict[int, str]:
         out = {}
@@ -311,17 +312,99 @@ def vocab_for(lm: LoadedModel, traces: Sequence[Trace], cache: VocabText | None 
 # --------------------------------------------------------------------------- scoring
 
 
+def _byte_level_table() -> dict[int, str]:
+    """GPT-2's byte -> character map, under which byte-level BPE vocabularies spell bytes:
+    printable bytes stand for themselves, the others for the characters from U+0100 on."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    table = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+def ids_of_pieces(tok, pieces: Sequence[str | bytes]) -> list[int] | None:
+    """The tokenizer's id of each token given by its exact text or bytes, or None when some
+    piece is not one of its tokens (spelled as byte-level BPE, SentencePiece or plainly)."""
+    vocab = tok.get_vocab()
+    table = _byte_level_table()
+    out = []
+    for p in pieces:
+        raw = p if isinstance(p, bytes) else str(p).encode("utf-8")
+        text = raw.decode("utf-8", "replace")
+        for cand in ("".join(table[b] for b in raw), text.replace(" ", "\u2581"), text):
+            i = vocab.get(cand)
+            if i is not None:
+                out.append(int(i))
+                break
+        else:
+            return None
+    return out
+
+
+def _tokens_differ(file_tokens: Sequence, model_tokens: Sequence) -> int:
+    """How many of the file's tokens have no counterpart in the model's tokens (longest
+    matching blocks, difflib): 0 when the two sequences are the same."""
+    import difflib
+    m = difflib.SequenceMatcher(None, list(file_tokens), list(model_tokens), autojunk=False)
+    return len(file_tokens) - sum(b.size for b in m.get_matching_blocks())
+
+
+def completion_ids(tok, completion: str, token_ids: Sequence[int] | None = None,
+                   token_pieces_: Sequence[str | bytes] | None = None) -> tuple[list[int], dict | None]:
+    """The token ids to score for ``completion``, and a report on the file's own tokens.
+
+    Where the file gives its tokens (ids, or each token's exact text or bytes) and they are
+    this tokenizer's tokens of exactly this text, those are scored (report 'scored': 'file').
+    Otherwise the text is re-tokenised and the report says how many of the file's tokens
+    differ ('scored': 'retokenised', 'differ', 'file_tokens', 'model_tokens'). No file tokens:
+    the text is tokenised and the report is None.
+    """
+    plain = tok(completion, add_special_tokens=False)["input_ids"]
+    if token_ids is None and token_pieces_ is None:
+        return plain, None
+    n_file = len(token_ids) if token_ids is not None else len(token_pieces_)
+    size = len(tok)
+    candidates = []
+    if token_ids is not None and all(0 <= int(i) < size for i in token_ids):
+        candidates.append(("token ids", [int(i) for i in token_ids]))
+    if token_pieces_ is not None:
+        ids = ids_of_pieces(tok, token_pieces_)
+        if ids is not None:
+            candidates.append(("token bytes" if any(isinstance(p, bytes) for p in token_pieces_) else "token texts",
+                               ids))
+    for source, ids in candidates:
+        if "".join(token_pieces(tok, ids)) == completion:
+            return ids, {"scored": "file", "source": source, "file_tokens": n_file, "model_tokens": n_file,
+                         "differ": 0}
+    if token_pieces_ is not None:  # compare as text: ids of another tokenizer mean nothing here
+        file_seq = [p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p) for p in token_pieces_]
+        differ = _tokens_differ(file_seq, token_pieces(tok, plain))
+    else:
+        differ = _tokens_differ([int(i) for i in token_ids], plain)
+    return plain, {"scored": "retokenised", "file_tokens": n_file, "model_tokens": len(plain), "differ": differ}
+
+
 @torch.inference_mode()
 def score_completion(lm: LoadedModel, prompt: str, completion: str, settings: GenerationSettings,
-                     chunk: int = 256, metadata: dict | None = None) -> Trace:
+                     chunk: int = 256, metadata: dict | None = None, token_ids: Sequence[int] | None = None,
+                     token_texts: Sequence[str | bytes] | None = None,
+                     vocab: dict[int, str] | None = None) -> Trace:
     """Teacher-force ``completion`` after ``prompt`` and record it as if it were generated.
 
     The forward pass runs in chunks of ``chunk`` tokens over a KV cache, so the logits held
     at once are [chunk x vocabulary]. Entropies at ``settings.effective_temperature`` and T=1.
+    ``token_ids`` / ``token_texts``: the completion's tokens as a file gives them; they are
+    scored exactly when they are this tokenizer's tokens of this text (``completion_ids``),
+    and metadata['tokenization'] reports on them. ``vocab`` receives the text of every token
+    id the trace uses (the alternatives' too), for the store's vocab rows.
     """
     tok, model = lm.tokenizer, lm.model
     prompt_ids = build_prompt_ids(lm, prompt, settings)
-    comp_ids = tok(completion, add_special_tokens=False)["input_ids"]
+    comp_ids, report = completion_ids(tok, completion, token_ids, token_texts)
     ids = torch.tensor([prompt_ids + comp_ids])
     n_prompt, n = len(prompt_ids), len(comp_ids)
     rec = StepRecorder(settings.effective_temperature, settings.top_k)
@@ -350,7 +433,11 @@ def score_completion(lm: LoadedModel, prompt: str, completion: str, settings: Ge
         entropy_full=arr["entropy"][0].astype(np.float64) if n else empty,
         entropy_full_t1=arr["entropy_t1"][0].astype(np.float64) if n else empty,
         marker=settings.marker, metadata=dict(metadata or {}))
+    if report is not None:
+        trace.metadata["tokenization"] = report
     _attach_layers(lm, [trace], [prompt_ids], settings)
+    if vocab is not None:
+        vocab_for(lm, [trace], VocabText(tok, vocab))
     return trace
 
 

@@ -146,3 +146,85 @@ def test_the_embedded_model_records_what_the_metrics_say(embedded_lm):
         # top-20 holds most of the mass of a 49k vocabulary, so EPR is close below the full H
         epr = metrics.all_topk_entropies(tr.topk_logprobs)["epr"]
         assert np.all(epr <= tr.entropy_full + 1e-5)
+
+
+# --------------------------------------------------------------------------- scoring a file's own tokens
+
+
+def _ingest_plain(tmp_path, store, lm, records):
+    import json
+
+    from analysis.formats import ingest_files
+    path = tmp_path / "plain.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return ingest_files(store, [path], format="plain_text", lm=lm)[0]
+
+
+@pytest.mark.slow
+def test_scored_plain_text_keeps_its_alternatives_text(embedded_lm, store, tmp_path):
+    res = _ingest_plain(tmp_path, store, embedded_lm, [
+        {"prompt": "What is 2 + 3?", "completion": "2 + 3 = 5. Final answer: 5"},
+        {"prompt": "Name a colour.", "completion": "Blue, like the sky."}])
+    assert res.n_traces == 2
+    for tid in store.traces(res.run_id)["trace_id"]:
+        tok = store.tokens(int(tid))
+        alts = [t for row in tok["topk_tokens"] for t in row]
+        assert len(alts) == 20 * len(tok)
+        assert not [t for t in alts if t.startswith("<id ")]
+        # the texts are the tokenizer's own
+        ids = [i for row in tok["topk_ids"] for i in row]
+        assert alts[:40] == [embedded_lm.tokenizer.decode([int(i)]) for i in ids[:40]]
+
+
+@pytest.mark.slow
+def test_a_files_own_tokens_are_scored_exactly(embedded_lm):
+    tok = embedded_lm.tokenizer
+    text = "Hello world.\n\nSo the answer is 5."
+    plain = tok(text, add_special_tokens=False)["input_ids"]
+    # the same text spelled with other tokens: "Hello" letter by letter
+    letters = [tok.convert_tokens_to_ids(c) for c in "Hello"]
+    own = letters + tok(text[5:], add_special_tokens=False)["input_ids"]
+    assert own != plain and tok.decode(own) == text
+    settings = GenerationSettings(do_sample=False, top_k=5)
+    tr = score_completion(embedded_lm, "Say it.", text, settings, token_ids=own)
+    assert tr.token_ids.tolist() == own and "".join(tr.tokens) == text
+    assert tr.metadata["tokenization"] == {"scored": "file", "source": "token ids", "file_tokens": len(own),
+                                           "model_tokens": len(own), "differ": 0}
+    # the same tokens given by their bytes (llama.cpp's completion_probabilities[].bytes)
+    by_bytes = score_completion(embedded_lm, "Say it.", text, settings,
+                                token_texts=[tok.decode([i]).encode() for i in own])
+    assert by_bytes.token_ids.tolist() == own and by_bytes.metadata["tokenization"]["source"] == "token bytes"
+    np.testing.assert_allclose(by_bytes.entropy_full, tr.entropy_full, rtol=1e-5)
+    # scoring the re-tokenised text gives other positions: the first token differs
+    retok = score_completion(embedded_lm, "Say it.", text, settings)
+    assert retok.token_ids.tolist() == plain and "tokenization" not in retok.metadata
+    # ids of another tokenizer: re-tokenised, and how many of the file's tokens differ is said
+    other = score_completion(embedded_lm, "Say it.", text, settings, token_ids=[5, 6, 7] + plain[1:])
+    assert other.token_ids.tolist() == plain
+    assert other.metadata["tokenization"] == {"scored": "retokenised", "file_tokens": len(plain) + 2,
+                                              "model_tokens": len(plain), "differ": 3}
+
+
+@pytest.mark.slow
+def test_ingest_says_how_many_tokens_were_retokenised(embedded_lm, store, tmp_path):
+    import json
+
+    tok = embedded_lm.tokenizer
+    text = "First.\n\nSecond."
+    plain = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([i]) for i in plain]
+    res = _ingest_plain(tmp_path, store, embedded_lm, [
+        # llama.cpp /completion: its token ids, matching this tokenizer: scored as given
+        {"prompt": "q", "completion": text, "completion_probabilities": [{"id": i, "token": p} for i, p in
+                                                                          zip(plain, pieces)]},
+        # token texts that do not spell the text: re-tokenised, counted
+        {"prompt": "q", "completion": text, "completion_probabilities": [{"token": p} for p in
+                                                                          ["First", ".\n", "\n", "Second."]]}])
+    assert res.n_traces == 2
+    warning = [w for w in res.warnings if "re-tokenised" in w]
+    assert len(warning) == 1 and "1 trace(s) give their own tokens" in warning[0]
+    assert f"of the file's 4 tokens differ" in warning[0]
+    settings = json.loads(store.runs()["settings"].iloc[0])
+    assert warning[0] in settings["warnings"]
+    meta = [json.loads(m) for m in store.traces(res.run_id)["metadata"]]
+    assert meta[0]["tokenization"]["scored"] == "file" and meta[1]["tokenization"]["scored"] == "retokenised"

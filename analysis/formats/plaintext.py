@@ -78,11 +78,34 @@ def texts(obj: dict, field_map: dict | None) -> tuple[str, str, str | None]:
     return prompt or "", completion, thinking if isinstance(thinking, str) else None
 
 
+def _ints(v: Any) -> list[int] | None:
+    ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    return v if ok else None
+
+
+def file_tokens(obj: dict) -> tuple[list[int] | None, list[str | bytes] | None]:
+    """The completion's own tokens where the record gives them: ids (``token_ids``, llama.cpp's
+    ``tokens``, ``completion_probabilities[].id``) and each token's exact bytes or text
+    (``completion_probabilities[].bytes`` / ``.token``); (None, None) when it gives none."""
+    ids = _ints(obj.get("token_ids")) or _ints(obj.get("tokens"))
+    pieces = None
+    probs = obj.get("completion_probabilities")
+    if isinstance(probs, list) and probs and all(isinstance(p, dict) for p in probs):
+        ids = ids or _ints([p.get("id") for p in probs])
+        raw = [p.get("bytes") for p in probs]
+        if all(_ints(b) is not None and all(0 <= x < 256 for x in b) for b in raw):
+            pieces = [bytes(b) for b in raw]
+        elif all(isinstance(p.get("token"), str) for p in probs):
+            pieces = [p["token"] for p in probs]
+    return ids, pieces
+
+
 def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
     from ..record import GenerationSettings, score_completion
 
     pr = ctx.problems
     settings = ctx.score_settings or GenerationSettings(do_sample=False, top_k=20, marker=ctx.marker)
+    retok = {"traces": 0, "differ": 0, "tokens": 0}
     for line, obj in values:
         pr.line = line
         try:
@@ -103,10 +126,22 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
             if ctx.lm is None:
                 pr.add("plain-text traces need a local model to score them (none was given)")
                 return
-            tr = score_completion(ctx.lm, prompt, completion, settings, metadata=meta)
+            ids, pieces = (None, None) if thinking else file_tokens(obj)  # a joined thinking field has no file tokens
+            tr = score_completion(ctx.lm, prompt, completion, settings, metadata=meta, token_ids=ids,
+                                  token_texts=pieces, vocab=ctx.vocab)
+            report = tr.metadata.get("tokenization")
+            if report and report["scored"] == "retokenised":
+                retok["traces"] += 1
+                retok["differ"] += report["differ"]
+                retok["tokens"] += report["file_tokens"]
             tr.metadata.setdefault("scored_by", ctx.lm.name)
             sid = obj.get("id") if isinstance(obj.get("id"), (str, int)) and not isinstance(obj.get("id"), bool) else None
             tr.source_id = None if sid is None else str(sid)
             yield tr
         except Skip:
             continue
+    if retok["traces"]:
+        pr.line = None
+        pr.warn(f"{retok['traces']} trace(s) give their own tokens, but {ctx.lm.name}'s tokenizer does not spell "
+                f"their text with them: their text was re-tokenised and scored, and {retok['differ']} of the file's "
+                f"{retok['tokens']} tokens differ from the re-tokenised ones")
