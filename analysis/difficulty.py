@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ThinkscopeError
+from .errors import DifficultyError
 from .metrics import PHASES
 
 #: ARES buckets on the pass rate over n samples (arXiv 2510.08457): [lower edge, label]
@@ -28,10 +28,6 @@ AXES = ("level", "pass_rate")
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
          2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
          2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-class DifficultyError(ThinkscopeError, ValueError):
-    """A difficulty axis the data cannot give (no levels, no grades, bad bins)."""
 
 
 def t975(dof: np.ndarray) -> np.ndarray:

@@ -34,16 +34,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ThinkscopeError
+from .errors import EarlyStopError
 
 MODES = ("gate", "streaming")
 DEFAULT_CUE = "\nFinal answer:"
 CONFIG_KIND = "thinkscope.early_stop"
 CONFIG_VERSION = 1
-
-
-class EarlyStopError(ThinkscopeError, ValueError):
-    """Bad early-stop input: a threshold file that does not fit, settings out of range."""
 
 
 # --------------------------------------------------------------------------- thresholds

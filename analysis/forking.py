@@ -16,15 +16,11 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .errors import ThinkscopeError
+from .errors import ForkError
 
 METHODS = ("percentile", "corpus", "fixed")
 #: characters of text shown before and after a forking token
 CONTEXT_BEFORE, CONTEXT_AFTER = 40, 60
-
-
-class ForkError(ThinkscopeError, ValueError):
-    """A forking-point request the trace cannot answer (no such trace, estimator or method)."""
 
 
 @dataclass(frozen=True)

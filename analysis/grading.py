@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .errors import ThinkscopeError
+from .errors import GradingError
 
 #: extraction rules, in the order ``auto`` tries them
 RULES = ("boxed", "hash", "final_answer", "answer", "the_answer_is", "last_number")
@@ -36,10 +36,6 @@ RULE_NAMES = {
     "regex": "a user regular expression (group 1, else the whole match)",
 }
 CHOICE_LETTERS = "ABCDEFGHIJ"
-
-
-class GradingError(ThinkscopeError, ValueError):
-    """A grading rule that cannot be used (unknown rule, bad regular expression)."""
 
 
 @dataclass(frozen=True)

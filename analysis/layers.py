@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import ThinkscopeError
+from .errors import LayerRecordingError
 
 #: name under which the entropy-recording attention is registered with transformers
 ATTENTION_NAME = "thinkscope_entropy"
@@ -56,10 +56,6 @@ LENS_BLOCK_BYTES = 48 << 20
 LENS_SUB = 1024
 #: scores budget per chunk of queries in the chunked attention (bytes, float32)
 ATTN_CHUNK_BYTES = 40 << 20
-
-
-class LayerRecordingError(ThinkscopeError):
-    """The model's layers cannot be read as asked (the message says which part and why)."""
 
 
 @dataclass(frozen=True)

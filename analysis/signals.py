@@ -30,14 +30,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import ThinkscopeError
+from .errors import SignalError
 
 #: two-sided 95 % interval from the bootstrap's percentiles
 CI_LEVEL = 0.95
-
-
-class SignalError(ThinkscopeError, ValueError):
-    """A signal evaluation the data cannot support (no graded traces, one class only)."""
 
 
 # --------------------------------------------------------------------------- ranking metrics

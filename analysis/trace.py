@@ -8,12 +8,8 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .errors import ThinkscopeError
+from .errors import TraceError
 from .settings import THINK_MARKER
-
-
-class TraceError(ThinkscopeError, ValueError):
-    """Bad input: a message that names the file, line and field where it can."""
 
 
 @dataclass

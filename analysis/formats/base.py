@@ -17,9 +17,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..errors import IngestError
 from ..metrics import SENTINEL_LOGPROB
 from ..settings import THINK_MARKER
-from ..trace import Trace, TraceError
+from ..trace import Trace
 
 #: problems listed in full before the rest are only counted
 MAX_PROBLEMS = 50
@@ -45,16 +46,6 @@ META_SYNONYMS: dict[str, tuple[str, ...]] = {
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "n",
                    "presence_penalty", "frequency_penalty", "repetition_penalty")
 THINKING_FIELDS = ("reasoning", "reasoning_content", "thinking")
-
-
-class IngestError(TraceError):
-    """All the problems found in one file (the first ``MAX_PROBLEMS`` in full)."""
-
-    def __init__(self, file: str, problems: list[str], total: int):
-        self.file, self.problems, self.total = file, problems, total
-        more = f" (showing the first {len(problems)})" if total > len(problems) else ""
-        head = f"{file}: {total} problem{'s' if total != 1 else ''}{more}; nothing was imported"
-        super().__init__(head + "\n  " + "\n  ".join(problems) if total > 1 else problems[0])
 
 
 class Problems:

@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from .. import settings
 from ..store import DuplicateContent, NextIds, Store, StoreError, free_bytes, mb
-from ..trace import Trace, TraceError
+from ..errors import DuplicateFileError, TraceError
+from ..trace import Trace
 from . import batch, fastchat, openai_chat, plaintext, tables
 from .base import Context, Problems, flat_fields, text_pieces
 from .detect import FORMATS, JSON_READERS, Detection, describe_unknown, detect
@@ -56,21 +57,6 @@ SPACE_PER_STAGED_BYTE = 1.2
 SPACE_RESERVE = 4 << 20
 
 ProgressFn = Callable[[int, int], None]
-
-
-class DuplicateFileError(TraceError):
-    """The very same file (by content hash) is already in the store."""
-
-    def __init__(self, message: str, run_id: int):
-        super().__init__(message)
-        self.run_id = run_id
-
-    @classmethod
-    def of(cls, name: str, digest: str, run) -> "DuplicateFileError":
-        """The error for file ``name`` whose hash is that of ``run`` (a row of runs)."""
-        return cls(f"{name}: the very same file (sha256 {digest[:12]}…) was already imported as run "
-                   f"#{int(run['run_id'])} '{run['name']}' on {str(run['created_at'])[:16]}; nothing was imported",
-                   int(run["run_id"]))
 
 
 @dataclass

@@ -35,7 +35,7 @@ import duckdb
 import pandas as pd
 
 from .. import settings
-from ..errors import ThinkscopeError
+from ..errors import StoreError
 from .schema import _MIGRATIONS, ROW_GROUP_SIZE, SCHEMA, SCHEMA_VERSION
 from .values import _py
 
@@ -58,12 +58,6 @@ class _Connection:
 
     def __getattr__(self, name):
         return getattr(self._con, name)
-
-
-class StoreError(ThinkscopeError):
-    """A store problem with a message fit to show a user: one line that names the file.
-
-    Pages and commands show ``str(error)`` as it is."""
 
 
 class _NeedsWrite(Exception):

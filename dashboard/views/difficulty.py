@@ -9,6 +9,7 @@ import streamlit as st
 from analysis import difficulty as dif
 from analysis import grading
 from analysis import metrics
+from analysis.errors import ThinkscopeError
 from analysis.store import Store
 from dashboard import charts_difficulty as charts
 from dashboard import state
@@ -74,7 +75,7 @@ with st.expander("Re-grade the first run (when the answer-extraction rule change
         try:
             counts = grading.regrade_run(state.store(), int(run_a),
                                          grading.GradingRule(rule_name, regex or None, rel_tol, abs_tol))
-        except ValueError as e:  # GradingError: a bad rule or regular expression
+        except ThinkscopeError as e:  # a bad rule or regular expression
             st.error(md(e))
         else:
             st.success(f"{counts['correct']} correct, {counts['wrong']} wrong, {counts['ungraded']} ungraded "
@@ -111,7 +112,7 @@ try:
     bin_labels = dif.parse_labels(labels_text)
     binning = dif.Binning(axis, edges, bin_labels if edges else None, int(min_samples))
     binned, summary = dif.difficulty_table(stats, estimator, phase, binning)
-except dif.DifficultyError as e:  # bad bins or edges, an axis the runs cannot give
+except ThinkscopeError as e:  # bad bins or edges, an axis the runs cannot give
     st.error(md(e))
     st.stop()
 

@@ -10,6 +10,7 @@ import streamlit as st
 
 from analysis import early_stop as es
 from analysis import metrics
+from analysis.errors import ThinkscopeError
 from analysis.store import ENTROPY_COLUMNS, Store, json_settings
 from dashboard import charts_difficulty as charts
 from dashboard import state
@@ -116,7 +117,7 @@ seed = int(c6.number_input("Split seed", 0, 10_000, 0, key="early_stop.seed"))
 
 try:
     models = state.cached(build_models, int(run_id), estimator, mode, k, min_tokens, budget, n_calib, seed)
-except es.EarlyStopError as e:
+except ThinkscopeError as e:
     st.error(md(e))
     st.stop()
 
@@ -136,7 +137,7 @@ else:
     signal_name = "sequence entropy (whole trace)"
 try:
     th = es.thresholds(signal_all[calib_mask], rt_all.correct[calib_mask])
-except es.EarlyStopError as e:
+except ThinkscopeError as e:
     th = None
     st.warning(md(e))
 
@@ -293,7 +294,7 @@ if up is not None:
     try:
         loaded = es.EarlyStopConfig.from_json(up.getvalue().decode("utf-8", "replace"), up.name)
         loaded.check_compatible(model_name or "unknown", estimator)
-    except es.EarlyStopError as e:
+    except ThinkscopeError as e:
         st.error(md(e))
     else:
         st.success(f"{md(up.name)}: τ = {loaded.rule.tau * scale:.3f} {unit} ({loaded.rule.mode}).")
