@@ -23,7 +23,7 @@ from .errors import ThinkscopeError
 #: modules with a ``register(subparsers)`` function that add their own commands
 COMMAND_MODULES: list[str] = ["analysis.cli", "analysis.formats.cli", "analysis.cli_difficulty",
                                "analysis.cli_runs",
-                               "analysis.cli_signals"]
+                               "analysis.cli_signals", "analysis.cli_branch"]
 
 
 #: characters a terminal would act on: C0 controls but the newline, DEL, C1 controls, the

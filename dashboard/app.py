@@ -22,6 +22,7 @@ PAGES = [
     ("difficulty.py", "Difficulty (U-shape)", ":material/signal_cellular_alt:", "difficulty"),
     ("early_stop.py", "Early stopping", ":material/timer:", "early-stop"),
     ("layers.py", "Layers", ":material/stacks:", "layers"),
+    ("branches.py", "Branches", ":material/call_split:", "branches"),
 ]
 
 

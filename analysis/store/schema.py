@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from .. import settings
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: estimator -> tokens column
 ENTROPY_COLUMNS = {
@@ -38,6 +38,33 @@ TRACE_META_COLUMNS = {
     "sample_idx": "INTEGER",
     "model": "VARCHAR",
 }
+
+#: branching (analysis.branch): rollouts continued from a position of a parent trace
+BRANCH_TABLES = """
+CREATE TABLE IF NOT EXISTS branch_rollouts (
+    trace_id BIGINT PRIMARY KEY,      -- the rollout, a trace of the parent run's branch run
+    parent_trace_id BIGINT NOT NULL,
+    pos INTEGER NOT NULL,             -- position of the parent's completion it continues from
+    kind VARCHAR NOT NULL,            -- 'original', 'alternative' or 'fresh' (sampled at pos)
+    forced_token_id INTEGER,          -- the token put at pos (the sampled one for 'fresh')
+    forced_token VARCHAR,
+    forced_p DOUBLE,                  -- the model's probability of the forced token at pos
+    rollout INTEGER NOT NULL,         -- index within its branch
+    answer VARCHAR,                   -- extracted final answer; NULL: none extracted
+    correct BOOLEAN                   -- NULL: ungraded (no gold answer, or no answer)
+);
+CREATE TABLE IF NOT EXISTS branch_positions (
+    parent_trace_id BIGINT NOT NULL,
+    pos INTEGER NOT NULL,
+    settings JSON,                    -- n, p_min, budget, sampling, adaptive tolerance
+    n_generated INTEGER NOT NULL,     -- rollouts generated
+    n_budget INTEGER NOT NULL,        -- rollouts the full budget would have generated
+    new_tokens BIGINT NOT NULL,
+    seconds DOUBLE,
+    created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (parent_trace_id, pos)
+);
+"""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -103,7 +130,7 @@ CREATE TABLE IF NOT EXISTS token_layers (
     attn_entropy_norm FLOAT[],        -- the same divided by ln(pos+1)
     attn_head_entropy FLOAT[]         -- per head, for the chosen layer
 );
-"""
+""" + BRANCH_TABLES
 
 #: per-layer arrays of token_layers and their element types
 LAYER_FIELDS = {"lens_entropy": pa.float32(), "lens_top1": pa.int32(), "attn_entropy": pa.float32(),
@@ -131,5 +158,10 @@ def _migrate_2_to_3(con) -> None:
         WHERE runs.content_hash = d.h AND runs.run_id > d.first""")
 
 
+def _migrate_3_to_4(con) -> None:
+    """Version 4 adds the branching tables (rollouts linked to a parent trace and position)."""
+    con.execute(BRANCH_TABLES)
+
+
 #: _MIGRATIONS[v - 1] brings a store of version v to version v + 1
-_MIGRATIONS: list[Callable] = [_migrate_1_to_2, _migrate_2_to_3]
+_MIGRATIONS: list[Callable] = [_migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4]

@@ -17,6 +17,7 @@ import pyarrow as pa
 from .. import metrics
 from ..trace import Trace
 from .batch import Batch, NextIds, insert_tables
+from .branches import BranchVerbs
 from .connection import Database, StoreError, _finish, _writer, writer_gone
 from .schema import ENTROPY_COLUMNS, LAYER_FIELDS, TRACE_META_COLUMNS
 from .signals import SignalsVerbs
@@ -58,7 +59,7 @@ def _insert_run(con, name: str, source: str, model: str | None, settings: dict, 
     return run_id
 
 
-class Store(SignalsVerbs, Database):
+class Store(SignalsVerbs, BranchVerbs, Database):
     """A thinkscope store: ``Database``'s connections plus the verbs that read and write it.
 
     ``warnings`` collects what went wrong without losing data (a checkpoint that failed after
