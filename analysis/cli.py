@@ -276,12 +276,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fault_message(args, e: Exception) -> str | None:
     """One line for an OS error (naming its file) or a DuckDB fault (naming the store)."""
-    import duckdb
-
-    from .store import Store, one_line
+    from .store import EngineError, Store, one_line
     if isinstance(e, OSError):
         return f"{e.filename}: {e.strerror or one_line(e)}" if e.filename is not None else one_line(e)
-    if isinstance(e, duckdb.Error):
+    if isinstance(e, EngineError):
         return str(Store(args.store).error(e))
     return None
 

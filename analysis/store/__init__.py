@@ -7,8 +7,8 @@ read and write the rest of the project uses).
 """
 
 from .batch import Batch, NextIds, build_batch, insert_tables
-from .connection import (DEFAULT_STORE, ENV_STORE, Database, StoreError, default_store_path, fault,
-                         free_bytes, mb, one_line, writer_gone)
+from .connection import (DEFAULT_STORE, ENV_STORE, Database, EngineError, StoreError, default_store_path,
+                         fault, free_bytes, mb, one_line, writer_gone)
 from .schema import (ENTROPY_COLUMNS, LAYER_FIELDS, LOCAL_ID_BASE, ROW_GROUP_SIZE, SCHEMA,
                      SCHEMA_VERSION, TRACE_META_COLUMNS)
 from .values import json_settings, json_text, valid_text
@@ -16,7 +16,7 @@ from .verbs import RUN_TRACE_FIELDS, WRITE_AHEAD, DuplicateContent, Store
 
 __all__ = [
     "Batch", "NextIds", "build_batch", "insert_tables", "DEFAULT_STORE", "ENV_STORE", "Database",
-    "StoreError", "default_store_path", "fault", "free_bytes", "mb", "one_line", "writer_gone",
+    "EngineError", "StoreError", "default_store_path", "fault", "free_bytes", "mb", "one_line", "writer_gone",
     "ENTROPY_COLUMNS", "LAYER_FIELDS", "LOCAL_ID_BASE", "ROW_GROUP_SIZE", "SCHEMA",
     "SCHEMA_VERSION", "TRACE_META_COLUMNS", "json_settings", "json_text", "valid_text",
     "RUN_TRACE_FIELDS", "WRITE_AHEAD", "DuplicateContent", "Store",

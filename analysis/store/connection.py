@@ -60,6 +60,12 @@ class _Connection:
         return getattr(self._con, name)
 
 
+#: what the database engine raises for a statement it refuses that ``Database.connect`` lets
+#: through as it is (programming and constraint errors), for callers outside the store to
+#: recognise without importing the engine
+EngineError = duckdb.Error
+
+
 class _NeedsWrite(Exception):
     """A read-only attachment found a store that must be created or upgraded first."""
 
