@@ -127,7 +127,9 @@ CREATE TABLE IF NOT EXISTS token_layers (
     lens_entropy FLOAT[],             -- logit-lens entropy per recorded layer, nats
     lens_top1 INTEGER[],              -- logit-lens top-1 token id per recorded layer
     attn_entropy FLOAT[],             -- attention entropy per layer, mean over heads, nats
-    attn_entropy_norm FLOAT[],        -- the same divided by ln(pos+1)
+    attn_entropy_norm FLOAT[],        -- the same divided by ln(keys the query sees) = ln(q + 1), q the
+                                      -- query's 0-based absolute position (prompt included, padding
+                                      -- not): ln(prompt tokens + pos) for completion token pos; NaN at 1 key
     attn_head_entropy FLOAT[]         -- per head, for the chosen layer
 );
 """ + BRANCH_TABLES
