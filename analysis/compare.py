@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import signals as sig
 from .errors import CompareError
-from .metrics import strip_space_marker
+from .metrics import entropy_from_logp, strip_space_marker
 from .settings import THINK_MARKER
 from .store import json_settings
 
@@ -149,12 +149,8 @@ def score_ids(lm, prompt_ids: Sequence[int], ids: Sequence[int], temperature: fl
         logits = lm.model(input_ids=full, logits_to_keep=n + 1).logits[0, :n].float()
         logp1 = torch.log_softmax(logits, dim=-1)
         logp = logp1 if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
-
-        def entropy(lp):
-            return -(lp.exp() * lp).nan_to_num(0.0).sum(-1)
-
-        h = entropy(logp)
-        h1 = h if temperature == 1.0 else entropy(logp1)
+        h = entropy_from_logp(logp)
+        h1 = h if temperature == 1.0 else entropy_from_logp(logp1)
         chosen = logp.gather(1, torch.tensor(list(ids)).view(-1, 1)).squeeze(1)
         k = min(top_k, logp.shape[-1])
         v, i = torch.topk(logp, k, dim=-1) if k else (None, None)
@@ -489,6 +485,9 @@ def checkpoint_series(store, run_ids: Sequence[int] | None = None, estimator: st
                      "acc_low": lo, "acc_high": hi,
                      "high_share": float((h >= thr).mean()) if h.size else np.nan})
     table = pd.DataFrame(rows)
+    if estimator == "best":  # named as the first run's own estimator
+        est = store.traces(int(tagged["run_id"].iloc[0]))["estimator"]
+        estimator = str(est.mode().iloc[0]) if len(est) else estimator
     fit = fit_exp(table["mean_entropy"], table["accuracy"])
     notes = []
     if fit is None:

@@ -22,6 +22,8 @@ PAGES = [
     ("difficulty.py", "Difficulty (U-shape)", ":material/signal_cellular_alt:", "difficulty"),
     ("early_stop.py", "Early stopping", ":material/timer:", "early-stop"),
     ("layers.py", "Layers", ":material/stacks:", "layers"),
+    ("signals.py", "Signals", ":material/query_stats:", "signals"),
+    ("compare.py", "Compare", ":material/compare_arrows:", "compare"),
     ("branches.py", "Branches", ":material/call_split:", "branches"),
 ]
 
