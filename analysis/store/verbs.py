@@ -20,6 +20,7 @@ from .batch import Batch, NextIds, insert_tables
 from .branches import BranchVerbs
 from .connection import Database, StoreError, _finish, _writer, writer_gone
 from .schema import ENTROPY_COLUMNS, LAYER_FIELDS, TRACE_META_COLUMNS
+from .server import ServerRunsMixin
 from .signals import SignalsVerbs
 from .values import _filled, json_settings, json_text, valid_text
 
@@ -59,7 +60,7 @@ def _insert_run(con, name: str, source: str, model: str | None, settings: dict, 
     return run_id
 
 
-class Store(SignalsVerbs, BranchVerbs, Database):
+class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
     """A thinkscope store: ``Database``'s connections plus the verbs that read and write it.
 
     ``warnings`` collects what went wrong without losing data (a checkpoint that failed after
