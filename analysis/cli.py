@@ -23,7 +23,7 @@ from .errors import ThinkscopeError
 #: modules with a ``register(subparsers)`` function that add their own commands
 COMMAND_MODULES: list[str] = ["analysis.cli", "analysis.formats.cli", "analysis.cli_difficulty",
                                "analysis.cli_runs",
-                               "analysis.cli_signals", "analysis.cli_branch"]
+                               "analysis.cli_signals", "analysis.cli_server", "analysis.cli_branch"]
 
 
 #: characters a terminal would act on: C0 controls but the newline, DEL, C1 controls, the
@@ -95,8 +95,11 @@ def cmd_generate(args) -> int:
     store = _store(args)
     from .cli_signals import tag_runs_created
     tag_runs_created(store, args)  # --checkpoint-step
+    if args.server or args.resume is not None:  # through an inference server (analysis.cli_server)
+        from .cli_server import generate_through_server
+        return generate_through_server(args, store, prompts, settings)
     print(f"loading model {args.model or 'embedded default'} ...", file=sys.stderr)
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     source = args.problems or args.prompts
     name = args.run_name or f"{Path(source).stem if source else 'demo problems'} · {lm.name.split('/')[-1]}"
     if args.problems or args.early_stop:
@@ -214,6 +217,8 @@ def register(sub) -> None:
     g.add_argument("--run-name")
     from .cli_signals import add_checkpoint_flag
     add_checkpoint_flag(g)
+    from .cli_server import add_generate_arguments
+    add_generate_arguments(g)
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("runs", help="list the runs in the store")

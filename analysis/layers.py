@@ -192,26 +192,27 @@ def lens_entropy_rows(h: torch.Tensor, parts: LensParts, chunk: int | None = Non
     pass over the whole block.
     """
     n, vocab = h.shape[0], parts.weight.shape[0]
-    ent = torch.empty(n, dtype=torch.float32)
-    top = torch.empty(n, dtype=torch.long)
+    dev = h.device                                        # every buffer where the model is
+    ent = torch.empty(n, dtype=torch.float32, device=dev)
+    top = torch.empty(n, dtype=torch.long, device=dev)
     if n == 0:
         return ent, top
     chunk = max(1, min(n, chunk or LENS_ROWS))
     width = min(vocab, vocab_block or lens_block_width(chunk))
     starts = range(0, vocab, width)
-    zbuf = torch.empty(chunk * width, dtype=torch.float32)
-    pbuf = torch.empty(chunk * width, dtype=torch.float32)
+    zbuf = torch.empty(chunk * width, dtype=torch.float32, device=dev)
+    pbuf = torch.empty(chunk * width, dtype=torch.float32, device=dev)
     wt = parts.weight.float().T                           # [hidden, vocab], a view
     bias = parts.bias.float() if parts.bias is not None else None
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         r = e - s
         x = (parts.norm(h[s:e]) if parts.norm is not None else h[s:e]).float()
-        rows = torch.arange(r)
-        m_b = torch.empty(r, len(starts))
-        z_b = torch.empty(r, len(starts))
-        d_b = torch.empty(r, len(starts))
-        i_b = torch.empty(r, len(starts), dtype=torch.long)
+        rows = torch.arange(r, device=dev)
+        m_b = torch.empty(r, len(starts), device=dev)
+        z_b = torch.empty(r, len(starts), device=dev)
+        d_b = torch.empty(r, len(starts), device=dev)
+        i_b = torch.empty(r, len(starts), dtype=torch.long, device=dev)
         for j, v0 in enumerate(starts):
             w = min(width, vocab - v0)
             z = zbuf[: r * w].view(r, w)
@@ -419,8 +420,8 @@ def _chunked_attention(query, key, value, attention_mask, scale: float, causal: 
     offset = tk - tq
     chunk = chunk or max(8, ATTN_CHUNK_BYTES // (4 * b * h * max(tk, 1)))
     out = query.new_empty(b, h, tq, value.shape[-1])
-    ent = torch.empty(b, h, tq, dtype=torch.float32) if keep else None
-    visible = torch.empty(b, tq, dtype=torch.float32)
+    ent = torch.empty(b, h, tq, dtype=torch.float32, device=query.device) if keep else None
+    visible = torch.empty(b, tq, dtype=torch.float32, device=query.device)
     neg = torch.finfo(torch.float32).min
     key_pos = torch.arange(tk, device=query.device)
     for s in range(0, tq, chunk):
@@ -522,16 +523,17 @@ def record_layers(model, prompt_ids: Sequence[int], completion_ids: Sequence[int
     inputs = ids[: max(n_prompt + n - 1, 0)]
     rows = np.arange(n) + n_prompt - 1
     valid = rows >= 0
-    pos = torch.as_tensor(rows[valid], dtype=torch.long)
+    dev = parts.weight.device
+    pos = torch.as_tensor(rows[valid], dtype=torch.long, device=dev)
     info: dict = {"n_layers": n_layers}
     arrays: dict[str, np.ndarray] = {}
     if n == 0 or not inputs:
         return _empty_record(options, n_layers, n, info)
 
     kept = lens_layers(n_layers, options.lens_every) if options.logit_lens else []
-    lens_ent = torch.full((n, len(kept)), float("nan"))
-    lens_top = torch.full((n, len(kept)), -1, dtype=torch.long)
-    valid_t = torch.as_tensor(valid)
+    lens_ent = torch.full((n, len(kept)), float("nan"), device=dev)
+    lens_top = torch.full((n, len(kept)), -1, dtype=torch.long, device=dev)
+    valid_t = torch.as_tensor(valid, device=dev)
     last_h: dict[str, torch.Tensor] = {}
     hooks = []
 
@@ -552,7 +554,7 @@ def record_layers(model, prompt_ids: Sequence[int], completion_ids: Sequence[int
     ctx = recording_attention(model, recorder) if options.attention_entropy else contextlib.nullcontext()
     try:
         with ctx:
-            x = torch.tensor([inputs])
+            x = torch.tensor([inputs], device=dev)
             try:
                 out = model(input_ids=x, use_cache=False, logits_to_keep=1)
             except TypeError:  # a model without logits_to_keep computes every position's logits
@@ -571,8 +573,8 @@ def record_layers(model, prompt_ids: Sequence[int], completion_ids: Sequence[int
                 f"{type(model).__name__}: the logit lens of the last layer differs from the model's "
                 f"logits by {err:.3g} (found norm={parts.names.get('norm')}, softcap={parts.softcap}, "
                 f"scale={parts.scale}); this model's head is not understood")
-        arrays["lens_entropy"] = lens_ent.numpy().astype(np.float32)
-        arrays["lens_top1"] = lens_top.numpy().astype(np.int64)
+        arrays["lens_entropy"] = lens_ent.cpu().numpy().astype(np.float32)
+        arrays["lens_top1"] = lens_top.cpu().numpy().astype(np.int64)
         info.update(lens_layers=kept, lens_check_max_abs=err)
     if options.attention_entropy:
         missing = [i for i in range(n_layers) if i not in recorder.mean]
@@ -592,7 +594,7 @@ def record_layers(model, prompt_ids: Sequence[int], completion_ids: Sequence[int
 
 def _rows(values: torch.Tensor, pos: torch.Tensor, valid: np.ndarray, n: int) -> np.ndarray:
     out = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
-    out[valid] = values.index_select(0, pos).numpy()
+    out[valid] = values.index_select(0, pos).float().cpu().numpy()
     return out
 
 

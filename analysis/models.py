@@ -36,6 +36,51 @@ class LoadedModel:
     def num_layers(self) -> int:
         return int(getattr(self.model.config, "num_hidden_layers", 0))
 
+    @property
+    def device(self):
+        """The torch device the weights are on (inputs are moved there)."""
+        return next(self.model.parameters()).device
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def pick_device(device: str | None = "auto") -> str:
+    """'cuda' / 'mps' / 'cpu' for a --device choice: 'auto' takes a CUDA GPU when torch sees
+    one, else Apple's MPS, else the CPU; asking for a device that is not there is an error."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ModelLoadError(f"--device {device}: expected one of {', '.join(DEVICES)} (or cuda:N)")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device}: torch sees no CUDA GPU (torch.cuda.is_available() is False; "
+                             f"this torch build: {torch.__version__})")
+    if device == "mps" and not has_mps:
+        raise ModelLoadError("--device mps: torch sees no Apple MPS device")
+    return device
+
+
+def pick_dtype(dtype: str | None, device: str):
+    """The torch dtype of the weights for a --dtype choice: 'auto' is float32 on the CPU (its
+    bfloat16 and float16 matmuls are slower there), bfloat16 on a CUDA GPU that supports it,
+    else float16."""
+    import torch
+
+    dtype = (dtype or "auto").lower()
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device == "mps" else torch.float32
+
 
 def cache_dir() -> Path:
     return Path(settings.CACHE.text()).expanduser() / "models"
@@ -94,15 +139,19 @@ def _quiet():
 
 
 def load_model(spec: str | None = None, attn_implementation: str | None = None,
-               use_cache: bool = True) -> LoadedModel:
-    """Load a causal LM and its tokenizer in float32 on the CPU, in eval mode.
+               use_cache: bool = True, device: str | None = "auto", dtype: str | None = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode, on ``device`` in ``dtype`` (see
+    ``pick_device``, ``pick_dtype``; the CPU in float32 here).
 
+    A GGUF file dequantises to float32, then is moved and cast once; a folder loads in its dtype.
     ``attn_implementation`` is passed to transformers ('eager' when attention weights are
     needed). Raises ModelLoadError with the path and the reason when it cannot load.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    target = pick_device(device)        # before the load: a missing GPU is said at once
+    torch_dtype = pick_dtype(dtype, target)
     name, folder, gguf = resolve(spec)
     kwargs = {}
     if attn_implementation:
@@ -130,14 +179,20 @@ def load_model(spec: str | None = None, attn_implementation: str | None = None,
             else:
                 local = {"local_files_only": True}
                 tok = AutoTokenizer.from_pretrained(folder or name, **local)
-                model = AutoModelForCausalLM.from_pretrained(
-                    folder or name, dtype=torch.float32, **local, **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(  # in its dtype at once: no float32 copy
+                    folder or name, dtype=torch_dtype, **local, **kwargs)
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types; the user needs one clear line
         where = str(folder / gguf) if gguf else str(folder or name)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelLoadError(f"{where}: cannot load the model: {first}") from e
+    if target != "cpu" or model.dtype != torch_dtype:
+        try:
+            model = model.to(device=target, dtype=torch_dtype)
+        except (RuntimeError, TypeError, ValueError) as e:  # out of GPU memory, an unsupported cast
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelLoadError(f"{name}: cannot place the model on {target} in {torch_dtype}: {first}") from e
     model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -217,8 +217,8 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], settings: Generat
     encoded = [build_prompt_ids(lm, p.text, settings) for p in prompts]
     width = max(len(e) for e in encoded)
     pad = tok.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
-    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=lm.device)
+    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=lm.device)
     rec = StepRecorder(settings.effective_temperature, settings.top_k)
     torch.manual_seed(seed)
     gen_kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
@@ -405,7 +405,7 @@ def score_completion(lm: LoadedModel, prompt: str, completion: str, settings: Ge
     tok, model = lm.tokenizer, lm.model
     prompt_ids = build_prompt_ids(lm, prompt, settings)
     comp_ids, report = completion_ids(tok, completion, token_ids, token_texts)
-    ids = torch.tensor([prompt_ids + comp_ids])
+    ids = torch.tensor([prompt_ids + comp_ids], device=lm.device)
     n_prompt, n = len(prompt_ids), len(comp_ids)
     rec = StepRecorder(settings.effective_temperature, settings.top_k)
     past = None
