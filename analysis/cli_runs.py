@@ -16,6 +16,7 @@ import json
 import sys
 
 from .errors import ThinkscopeError
+from .metrics import UNITS
 
 FORMATS = ("table", "csv", "jsonl")
 
@@ -31,8 +32,8 @@ def echo(*parts, file=None) -> None:
 
 
 def _scale(unit: str) -> float:
-    from .metrics import LN2
-    return 1 / LN2 if unit == "bits" else 1.0
+    from .metrics import unit_scale
+    return unit_scale(unit)
 
 
 def write_rows(df, fmt: str, text_columns=()) -> None:
@@ -157,7 +158,7 @@ def register(sub) -> None:
 
     t = sub.add_parser("traces", help="the traces of a run with their sequence entropy by phase")
     t.add_argument("run_id", type=int)
-    t.add_argument("--unit", choices=["nats", "bits"], default="nats")
+    t.add_argument("--unit", choices=list(UNITS), default="nats")
     t.add_argument("--format", choices=FORMATS, default="table")
     t.set_defaults(func=cmd_traces)
 
@@ -172,7 +173,7 @@ def register(sub) -> None:
     f.add_argument("--lexicon", nargs="?", const="", metavar="FILE",
                    help="only tokens of a lexicon: the default discourse words, or FILE (one entry a line)")
     f.add_argument("--estimator", default="best", help="best (each trace's own), full, full_t1, topk_renorm, ...")
-    f.add_argument("--unit", choices=["nats", "bits"], default="nats")
+    f.add_argument("--unit", choices=list(UNITS), default="nats")
     f.add_argument("--format", choices=FORMATS, default="table", help="table, csv or jsonl on stdout")
     f.set_defaults(func=cmd_forks)
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DifficultyError
+from . import metrics
 from .metrics import PHASES
 
 #: ARES buckets on the pass rate over n samples (arXiv 2510.08457): [lower edge, label]
@@ -66,11 +67,7 @@ def pass_rates(df: pd.DataFrame) -> pd.DataFrame:
     if df["problem_id"].isna().all():
         raise DifficultyError("these traces have no problem ids, so there is no pass rate over samples; "
                               "generate with --problems, or use the level axis")
-    g = df.assign(_graded=df["correct"].notna(), _ok=df["correct"].fillna(False).astype(bool))
-    out = g.groupby(["run_id", "problem_id"], dropna=True).agg(
-        samples=("_graded", "size"), graded=("_graded", "sum"), correct=("_ok", "sum")).reset_index()
-    out["pass_rate"] = out["correct"] / out["graded"].where(out["graded"] > 0)
-    return out
+    return metrics.pass_rates(df, ["run_id", "problem_id"], dropna=True)
 
 
 @dataclass(frozen=True)
@@ -264,6 +261,4 @@ def difficulty_table(stats: pd.DataFrame, estimator: str, phase: str = "all",
 
 def available_estimators(stats: pd.DataFrame) -> list[str]:
     """Estimators with at least one non-NaN sequence entropy, best first."""
-    from .store import ENTROPY_COLUMNS
-    have = set(stats.loc[stats["mean_entropy"].notna(), "estimator"].unique())
-    return [e for e in ENTROPY_COLUMNS if e in have]
+    return metrics.best_first(stats.loc[stats["mean_entropy"].notna(), "estimator"].unique())

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from . import metrics
 from .errors import GradingError
 
 #: extraction rules, in the order ``auto`` tries them
@@ -285,7 +286,4 @@ def summarise(correct: Sequence) -> dict:
 
 def pass_rates(df: pd.DataFrame, by: str = "level") -> pd.DataFrame:
     """Pass rate per ``by`` value over graded traces: columns by, n, graded, correct, pass_rate."""
-    d = df.assign(_g=df["correct"].notna(), _c=df["correct"].fillna(False).astype(bool))
-    out = d.groupby(by, dropna=False).agg(n=("_g", "size"), graded=("_g", "sum"), correct=("_c", "sum"))
-    out["pass_rate"] = out["correct"] / out["graded"].where(out["graded"] > 0)
-    return out.reset_index()
+    return metrics.pass_rates(df, by).rename(columns={"samples": "n"})

@@ -1,8 +1,9 @@
 """Entropy metrics over reasoning traces: pure functions, arrays in, arrays out.
 
-Every quantity is in nats (natural log). ``to_bits`` converts for display.
-The estimators and their papers are described in the README and in
-``ESTIMATORS`` below; a value always travels with its estimator name.
+Every quantity is in nats (natural log); ``convert`` (and ``Quantity.to``) is the one
+conversion to a display unit. The estimators and their papers are described in the README
+and in ``ESTIMATORS`` below; a value always travels with its estimator name, and with the
+temperature its logprobs were taken at where that is known (``logprob_temperature``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ ESTIMATORS: dict[str, str] = {
     "epr": "sum of -p ln p over the top-k, no renormalisation: a lower bound (EPR, arXiv 2509.04492)",
 }
 TOPK_ESTIMATORS = ("topk_renorm", "topk_tail", "epr")
+#: the display units, and how many of each one nat is
+UNITS: dict[str, float] = {"nats": 1.0, "bits": 1.0 / math.log(2.0)}
 
 #: logprobs at or below this are "probability 0": OpenAI/vLLM write -9999.0 for
 #: "not in the top-k", llama.cpp about -3.4e38 for probability 0.
@@ -58,20 +61,37 @@ class Quantity:
         """The same quantity in ``unit`` ('nats' or 'bits')."""
         if unit == self.unit:
             return self
-        if (self.unit, unit) == ("nats", "bits"):
-            return Quantity(self.name, self.values / LN2, "bits", self.estimator, self.meta)
-        if (self.unit, unit) == ("bits", "nats"):
-            return Quantity(self.name, self.values * LN2, "nats", self.estimator, self.meta)
-        raise ValueError(f"cannot convert {self.unit} to {unit}")
+        return Quantity(self.name, convert(self.values, unit, self.unit), unit, self.estimator, self.meta)
 
     @property
     def label(self) -> str:
         return f"{self.name} ({self.unit}, {self.estimator})"
 
+    @property
+    def temperature(self) -> str:
+        """'T = 0.7', or 'T unknown' when the value does not say at which temperature it was taken."""
+        return temperature_text(self.meta.get("temperature"))
+
+
+def unit_scale(unit: str, from_unit: str = "nats") -> float:
+    """The factor that turns a value in ``from_unit`` into ``unit`` (bits = nats / ln 2)."""
+    try:
+        return UNITS[unit] / UNITS[from_unit]
+    except KeyError:
+        raise ValueError(f"unknown unit {unit if unit not in UNITS else from_unit!r}; use one of "
+                         f"{', '.join(UNITS)}") from None
+
+
+def convert(values, unit: str, from_unit: str = "nats"):
+    """Entropies in ``from_unit`` (nats) as float64 in ``unit``: the one conversion for display."""
+    v = np.asarray(values, dtype=np.float64)
+    s = unit_scale(unit, from_unit)
+    return v if s == 1.0 else v * s
+
 
 def to_bits(nats):
     """Convert nats to bits (bits = nats / ln 2)."""
-    return np.asarray(nats, dtype=np.float64) / LN2
+    return convert(nats, "bits")
 
 
 # --------------------------------------------------------------------------- full entropy
@@ -90,11 +110,26 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     z = logits.float()
     if temperature != 1.0:
         z = z / temperature
-    logp = torch.log_softmax(z, dim=-1)
+    return entropy_from_logp(torch.log_softmax(z, dim=-1))
+
+
+def entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats, -sum p ln p over the last axis, from log-probabilities.
+
+    Entries with p = 0 (logp = -inf) contribute nothing. Without such entries (the usual
+    case) the plain sum is the same number bit for bit and costs half as much, so only rows
+    where it is NaN (0 * -inf) are summed again with the mask: the recorder calls this once
+    per generation step.
+    """
+    import torch
+
     p = logp.exp()
-    # p * logp is 0 * -inf = NaN where p == 0; those entries contribute nothing.
-    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device))
-    return -plogp.sum(dim=-1)
+    h = -(p * logp).sum(-1)
+    bad = torch.isnan(h)
+    if bad.any():
+        pb, lb = p[bad], logp[bad]
+        h[bad] = -torch.where(pb > 0, pb * lb, torch.zeros((), dtype=pb.dtype, device=pb.device)).sum(-1)
+    return h
 
 
 def token_entropy(logits, temperature: float = 1.0) -> Quantity:
@@ -311,3 +346,95 @@ def sequence_entropy(h, boundary: int | None = None, phase: str = "all") -> floa
 
 
 PHASES = ("all", "thinking", "answer")
+
+
+
+# --------------------------------------------------------------------------- pass rate
+
+
+def pass_rates(df, by, dropna: bool = False):
+    """Pass rate per group of ``df`` rows (samples): correct / graded, where ``df['correct']``
+    is True, False or missing (ungraded). Columns: the ``by`` keys, samples, graded, correct,
+    pass_rate (NaN for a group with no graded sample)."""
+    d = df.assign(_graded=df["correct"].notna(), _ok=df["correct"].fillna(False).astype(bool))
+    out = d.groupby(by, dropna=dropna).agg(samples=("_graded", "size"), graded=("_graded", "sum"),
+                                           correct=("_ok", "sum")).reset_index()
+    out["pass_rate"] = out["correct"] / out["graded"].where(out["graded"] > 0)
+    return out
+
+
+# --------------------------------------------------------------------------- which estimators
+
+#: every estimator, best first (the order estimator choices are offered in)
+ESTIMATOR_ORDER: tuple[str, ...] = ("full", "full_t1", *TOPK_ESTIMATORS)
+
+
+def available_estimators(full: bool = False, full_t1: bool = False, k: int = 0) -> list[str]:
+    """The estimators a trace (or run) has, best first: ``full``/``full_t1`` where its source
+    gave all logits, the top-k estimators where it gave ``k`` > 0 alternatives per token."""
+    have = {"full": full, "full_t1": full_t1, **{e: k > 0 for e in TOPK_ESTIMATORS}}
+    return [e for e in ESTIMATOR_ORDER if have[e]]
+
+
+def best_first(estimators: Iterable[str]) -> list[str]:
+    """Known estimator names among ``estimators``, best first, each once."""
+    have = set(estimators)
+    return [e for e in ESTIMATOR_ORDER if e in have]
+
+
+# --------------------------------------------------------------------------- logprob temperature
+
+#: what is stored where the source does not say at which temperature (or truncation) its
+#: logprobs were taken
+UNKNOWN = "unknown"
+#: run-settings keys: the temperature T of the chosen token's logprob, the top-k logprobs and
+#: every estimator computed from them (and of ``full``), and whether the distribution they
+#: come from was cut by top-p/top-k before ('none', 'top-p/top-k', or UNKNOWN)
+LOGPROB_TEMPERATURE = "logprob_temperature"
+LOGPROB_TRUNCATION = "logprob_truncation"
+
+
+def logprob_conditions(temperature: float | str | None, truncation: str | None) -> dict:
+    """The run-settings entries for logprobs taken at ``temperature`` (None: unknown)."""
+    t = UNKNOWN if temperature is None or temperature == UNKNOWN else float(temperature)
+    return {LOGPROB_TEMPERATURE: t, LOGPROB_TRUNCATION: truncation or UNKNOWN}
+
+
+def logprob_temperature(settings: dict | None) -> float | None:
+    """The temperature a run's logprobs (and ``full``) were taken at, None when unknown.
+
+    Runs recorded before the temperature was stored are read from their generation settings:
+    a generated run's logprobs are at its temperature, or at T = 1 when greedy."""
+    s = settings or {}
+    t = s.get(LOGPROB_TEMPERATURE)
+    if t is None and "do_sample" in s:  # generation settings of an older run
+        t = s.get("temperature") if s.get("do_sample") else 1.0
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        return None
+    return t if math.isfinite(t) and t > 0 else None
+
+
+def estimator_temperature(estimator: str, settings: dict | None) -> float | None:
+    """The temperature an estimator's values of a run are at (``full_t1``: always 1)."""
+    return 1.0 if estimator == "full_t1" else logprob_temperature(settings)
+
+
+def temperature_text(t: float | str | None) -> str:
+    """'T = 0.7', 'T = 1' or 'T unknown'."""
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        return "T unknown"
+    return f"T = {t:g}" if math.isfinite(t) else "T unknown"
+
+
+def conditions_text(estimator: str, settings: dict | None) -> str:
+    """Where an estimator's values of a run come from, for a caption: temperature and truncation."""
+    s = settings or {}
+    trunc = s.get(LOGPROB_TRUNCATION, UNKNOWN)
+    if estimator in ("full", "full_t1") or ("do_sample" in s and trunc == UNKNOWN):
+        trunc = "none"  # all logits; a generated run's top-k come from them too
+    cut = {"none": "no top-p/top-k truncation", UNKNOWN: "truncation unknown"}.get(trunc, f"after {trunc} truncation")
+    return f"{estimator} at {temperature_text(estimator_temperature(estimator, s))}, {cut}"

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import settings as defaults
+from .metrics import entropy_from_logp
 from .models import LoadedModel
 from .trace import Trace
 
@@ -149,9 +150,9 @@ class StepRecorder:
             self.chosen_lp.append(self._prev_logp.gather(1, input_ids[:, -1:]).squeeze(1))
         z = scores.float()
         logp_t1 = torch.log_softmax(z, dim=-1)
-        self.entropy_t1.append(_entropy_from_logp(logp_t1))
+        self.entropy_t1.append(entropy_from_logp(logp_t1))
         logp = logp_t1 if self.t == 1.0 else torch.log_softmax(z / self.t, dim=-1)
-        self.entropy.append(self.entropy_t1[-1] if self.t == 1.0 else _entropy_from_logp(logp))
+        self.entropy.append(self.entropy_t1[-1] if self.t == 1.0 else entropy_from_logp(logp))
         if self.k:
             v, i = torch.topk(logp, self.k, dim=-1)
             self.topk_lp.append(v)
@@ -174,22 +175,6 @@ class StepRecorder:
             out["topk_lp"] = stack(self.topk_lp)
             out["topk_ids"] = stack(self.topk_ids)
         return out
-
-
-def _entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) from log-probabilities, exactly as ``metrics.entropy_from_logits``.
-
-    Without -inf logits (the usual case) the masked sum of the metric equals the plain one
-    bit for bit, and the plain one costs half as much per step. A -inf logit makes its row
-    NaN (0 * -inf); only such rows are redone with the metric's mask.
-    """
-    p = logp.exp()
-    h = -(p * logp).sum(-1)
-    bad = torch.isnan(h)
-    if bad.any():
-        pb, lb = p[bad], logp[bad]
-        h[bad] = -torch.where(pb > 0, pb * lb, torch.zeros((), dtype=pb.dtype)).sum(-1)
-    return h
 
 
 # --------------------------------------------------------------------------- generation

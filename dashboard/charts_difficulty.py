@@ -22,7 +22,7 @@ SPLIT_COLORS = {"calibration": "#6d28d9", "held-out": "#ea580c", "all": "#0891b2
 
 
 def _scale(unit: str) -> float:
-    return 1.0 / metrics.LN2 if unit == "bits" else 1.0
+    return metrics.unit_scale(unit)
 
 
 def axis_label(quantity: str, unit: str, estimator: str) -> str:

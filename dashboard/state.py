@@ -24,7 +24,7 @@ def sidebar_store() -> None:
     s = store()
     with st.sidebar:
         st.caption("Store: " + md(s.path))
-        st.radio("Entropy unit", ["nats", "bits"], horizontal=True, key="unit",
+        st.radio("Entropy unit", list(metrics.UNITS), horizontal=True, key="unit",
                  help="Stored in nats; bits = nats / ln 2.")
 
 
@@ -34,9 +34,7 @@ def unit() -> str:
 
 def convert(values, to_unit: str | None = None):
     """nats -> the display unit."""
-    u = to_unit or unit()
-    v = np.asarray(values, dtype=np.float64)
-    return v / metrics.LN2 if u == "bits" else v
+    return metrics.convert(values, to_unit or unit())
 
 
 # a short ttl: a run whose writer was killed changes status without the file changing

@@ -288,3 +288,130 @@ def test_sequence_entropy_per_phase():
 
 def test_bits_conversion():
     np.testing.assert_allclose(metrics.to_bits([math.log(2), 0.0]), [1.0, 0.0])
+
+
+# --------------------------------------------------------------------------- one definition per quantity
+
+
+def _masked_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """The definition with the mask on every entry (what the fast path must equal)."""
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype)).sum(-1)
+
+
+def _hard_logits(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(48, 700, generator=g) * 6
+    z[3, :350] = float("-inf")          # masked vocabulary
+    z[7, 5] = float("-inf")
+    z[9] = 0.0                          # uniform
+    z[11, 0] = 400.0                    # every other p underflows to 0
+    return z
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
+def test_entropy_fast_path_is_the_masked_definition_bit_for_bit(temperature):
+    z = _hard_logits()
+    logp = torch.log_softmax(z / temperature, dim=-1)
+    assert torch.equal(metrics.entropy_from_logp(logp.clone()), _masked_entropy(logp))
+    assert torch.equal(entropy_from_logits(z, temperature), _masked_entropy(logp))
+    ref = full_entropy_np(z.double().numpy() / temperature)
+    np.testing.assert_allclose(entropy_from_logits(z, temperature).numpy(), ref, atol=2e-5)
+
+
+def test_recorder_and_rescorer_entropies_are_the_metric():
+    """The generation recorder's per-step entropies (at T and at T = 1) are metrics'."""
+    from analysis.record import StepRecorder
+
+    z = _hard_logits(1)
+    rec = StepRecorder(0.7, 4)
+    ids = torch.zeros((z.shape[0], 1), dtype=torch.long)
+    rec(ids, z[:, :])
+    rec(ids, z.flip(0))
+    rec.finish(ids)
+    a = rec.arrays()
+    np.testing.assert_array_equal(a["entropy"][:, 0], entropy_from_logits(z, 0.7).numpy())
+    np.testing.assert_array_equal(a["entropy_t1"][:, 1], entropy_from_logits(z.flip(0)).numpy())
+
+
+def test_store_sequence_entropy_is_the_metric():
+    """The store's vectorised per-phase sequence entropy equals metrics.sequence_entropy on
+    random traces with NaNs, empty parts and boundaries anywhere."""
+    from analysis.store import build_batch
+    from analysis.trace import Trace
+
+    rng = np.random.default_rng(3)
+    traces = []
+    for i in range(60):
+        n = int(rng.integers(0, 25))
+        h = rng.gamma(2.0, 0.6, n)
+        h[rng.random(n) < 0.25] = np.nan
+        lp = np.log(rng.dirichlet(np.ones(5), n) * 0.9) if i % 3 else None
+        if lp is not None and n:
+            lp[rng.random((n, 5)) < 0.1] = np.nan
+        traces.append(Trace("p", [f"t{j}" for j in range(n)], np.full(n, -1.0),
+                            topk_ids=None if lp is None else np.tile(np.arange(5), (n, 1)), topk_logprobs=lp,
+                            entropy_full=h if i % 2 else None, entropy_full_t1=h * 1.3 if i % 2 else None,
+                            boundary=int(rng.integers(0, n + 1))))
+    stats = build_batch(traces, 1, 0, 1, None).tables["trace_stats"].to_pandas()
+    got = {(r.trace_id, r.estimator, r.phase): r.mean_entropy for r in stats.itertuples()}
+    want = {}
+    for tid, t in enumerate(traces, start=1):
+        for est, h in t.entropies().items():
+            for phase in metrics.PHASES:
+                want[(tid, est, phase)] = sequence_entropy(h, t.boundary, phase)
+    assert got.keys() == want.keys()
+    for key, v in want.items():
+        assert (math.isnan(v) and math.isnan(got[key])) or got[key] == pytest.approx(v, rel=1e-12), key
+
+
+def test_pass_rate_defined_once():
+    import pandas as pd
+
+    from analysis import difficulty, grading
+
+    df = pd.DataFrame({"run_id": [1, 1, 1, 1, 2, 2], "problem_id": ["a", "a", "a", "b", "a", "c"],
+                       "level": [1, 1, 1, 2, 1, 3], "correct": [True, False, None, None, True, False]})
+    pr = difficulty.pass_rates(df).set_index(["run_id", "problem_id"])
+    assert pr.loc[(1, "a"), ["samples", "graded", "correct"]].tolist() == [3, 2, 1]
+    assert pr.loc[(1, "a"), "pass_rate"] == 0.5 and math.isnan(pr.loc[(1, "b"), "pass_rate"])
+    by_level = grading.pass_rates(df).set_index("level")
+    assert by_level.loc[1, ["n", "graded", "correct", "pass_rate"]].tolist() == [4, 3, 2, 2 / 3]
+    both = metrics.pass_rates(df, "level").set_index("level")
+    assert both["pass_rate"].equals(by_level["pass_rate"])
+
+
+def test_estimators_best_first_everywhere():
+    from analysis import difficulty
+    from analysis.store import ENTROPY_COLUMNS
+
+    assert tuple(ENTROPY_COLUMNS) == metrics.ESTIMATOR_ORDER == tuple(metrics.ESTIMATORS)
+    assert metrics.available_estimators(True, True, 20) == list(metrics.ESTIMATOR_ORDER)
+    assert metrics.available_estimators(False, False, 5) == ["topk_renorm", "topk_tail", "epr"]
+    assert metrics.available_estimators() == []
+    import pandas as pd
+    stats = pd.DataFrame({"estimator": ["epr", "full", "topk_renorm", "full_t1"],
+                          "mean_entropy": [0.1, 0.2, np.nan, 0.3]})
+    assert difficulty.available_estimators(stats) == ["full", "full_t1", "epr"]
+
+
+def test_units_converted_in_one_place():
+    q = token_entropy(torch.zeros(2, 4))
+    assert q.to("bits").values == pytest.approx([2.0, 2.0]) and q.to("bits").unit == "bits"
+    assert q.to("bits").to("nats").values == pytest.approx(q.values)
+    assert metrics.convert([math.log(2)], "bits") == pytest.approx([1.0])
+    assert metrics.to_bits(math.log(8)) == pytest.approx(3.0)
+    assert metrics.unit_scale("nats") == 1.0
+    with pytest.raises(ValueError, match="unknown unit 'bans'"):
+        metrics.convert([1.0], "bans")
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    writers = sorted(p.relative_to(root).as_posix() for d in ("analysis", "dashboard") for p in (root / d).rglob("*.py")
+                     if p.name != "metrics.py" and ("LN2" in p.read_text() or "log(2" in p.read_text()))
+    assert writers == []
+
+
+def test_values_carry_their_temperature():
+    assert token_entropy(torch.zeros(1, 4), 0.7).temperature == "T = 0.7"
+    assert topk_entropy(np.log([[0.5, 0.5]])).temperature == "T unknown"
+    assert metrics.temperature_text(1.0) == "T = 1" and metrics.temperature_text("unknown") == "T unknown"

@@ -121,7 +121,7 @@ if summary.empty:
     st.stop()
 
 unit = state.unit()
-scale = 1 / metrics.LN2 if unit == "bits" else 1.0
+scale = metrics.unit_scale(unit)
 axis_title = "problem level" if axis == "level" else "pass-rate bucket (easy → hard)"
 fig = charts.u_shape_figure(summary, {r: labels.get(r, f"run {r}") for r in run_ids}, unit, estimator, phase,
                             axis_title)

@@ -11,7 +11,7 @@ import streamlit as st
 from analysis import early_stop as es
 from analysis import metrics
 from analysis.errors import ThinkscopeError
-from analysis.store import ENTROPY_COLUMNS, Store, json_settings
+from analysis.store import Store, json_settings
 from dashboard import charts_difficulty as charts
 from dashboard import state
 from dashboard.text import md
@@ -79,9 +79,9 @@ if run_id is None:
     st.stop()
 s = state.store()
 traces = state.cached(state.traces, int(run_id))
-estimators = [e for e in ENTROPY_COLUMNS if traces["estimator"].eq(e).any() or
-              (e == "full_t1" and traces["estimator"].eq("full").any()) or
-              (e in metrics.TOPK_ESTIMATORS and traces["k"].gt(0).any())]
+full = bool(traces["estimator"].eq("full").any())  # a run with all logits has both full estimators
+estimators = metrics.available_estimators(full, full or bool(traces["estimator"].eq("full_t1").any()),
+                                          int(traces["k"].gt(0).any()))
 if traces.empty or not estimators:
     st.info("This run has no traces with entropy values.")
     st.stop()
@@ -92,7 +92,7 @@ if n_graded < 2:
     st.stop()
 
 unit = state.unit()
-scale = 1 / metrics.LN2 if unit == "bits" else 1.0
+scale = metrics.unit_scale(unit)
 c1, c2, c3, c4 = st.columns([1.2, 1.4, 1, 1])
 # keys scoped by what their options and values depend on: a switch starts from this run's defaults
 estimator = c1.selectbox("Estimator", estimators, key=f"early_stop.estimator.{run_id}",

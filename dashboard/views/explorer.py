@@ -48,7 +48,7 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
         top = float(np.nanmax(state.convert(win, unit))) if np.isfinite(win).any() else 1.0
         value_disp = c3.slider(f"τ ({unit}, {estimator})", 0.0, max(round(top, 2), 0.01), min(1.0, top),
                                0.01, key=f"explorer.fixed.{trace_id}.{estimator}.{unit}")
-        value = value_disp * (metrics.LN2 if unit == "bits" else 1.0)
+        value = value_disp / metrics.unit_scale(unit)
 
     with st.expander("Restrict forking points to discourse tokens (lexicon)"):
         use_lex = st.toggle("Only tokens in the lexicon", value=False, key="explorer.use_lexicon")
