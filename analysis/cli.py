@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from . import settings as defaults
+from .cli_common import echo, interrupted, open_store, printable, progress_bar
 from .errors import ThinkscopeError
 
 #: modules with a ``register(subparsers)`` function that add their own commands
@@ -26,45 +26,7 @@ COMMAND_MODULES: list[str] = ["analysis.cli", "analysis.formats.cli", "analysis.
                                "analysis.cli_signals", "analysis.cli_server", "analysis.cli_branch"]
 
 
-#: characters a terminal would act on: C0 controls but the newline, DEL, C1 controls, the
-#: bidirectional overrides and isolates, and lone surrogates (which cannot even be encoded)
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def printable(text) -> str:
-    """``text`` with every control character shown as an escape (``\x1b``, ``\u202e``)."""
-    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], str(text))
-
-
-def echo(*parts, file=None) -> None:
-    """print() for text that may come from files or stores (see ``printable``)."""
-    print(*(printable(p) for p in parts), file=file or sys.stdout)
-
-
-def open_store(args):
-    """The store of a command (--store); main() reports its warnings once the command ends."""
-    from .store import Store
-    store = Store(args.store)
-    args.__dict__.setdefault("_stores", []).append(store)
-    return store
-
-
 _store = open_store
-
-
-def _progress_bar(desc: str):
-    """A tqdm bar driven by (done, total) callbacks, on stderr."""
-    from tqdm import tqdm
-    state = {"bar": None}
-
-    def update(done: int, total: int) -> None:
-        if state["bar"] is None:
-            state["bar"] = tqdm(total=total, desc=desc, unit="trace", file=sys.stderr)
-        bar = state["bar"]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-    return update
 
 
 # --------------------------------------------------------------------------- commands
@@ -104,20 +66,13 @@ def cmd_generate(args) -> int:
     name = args.run_name or f"{Path(source).stem if source else 'demo problems'} · {lm.name.split('/')[-1]}"
     if args.problems or args.early_stop:
         from .cli_difficulty import generate_graded
-        return generate_graded(args, store, lm, prompts, settings, name, _progress_bar("generating"))
+        return generate_graded(args, store, lm, prompts, settings, name, progress_bar("generating"))
     try:
-        res = record_run(store, lm, prompts, settings, name, progress=_progress_bar("generating"))
+        res = record_run(store, lm, prompts, settings, name, progress=progress_bar("generating"))
     except KeyboardInterrupt as e:
         return interrupted(e)
     echo(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
     return 0
-
-
-def interrupted(e: KeyboardInterrupt) -> int:
-    """What a generation stopped by Ctrl-C or SIGTERM says; its exit code (130, 143)."""
-    from .record import Terminated
-    print("\ninterrupted: the finished batches are kept (run marked 'interrupted')", file=sys.stderr)
-    return 143 if isinstance(e, Terminated) else 130
 
 
 def cmd_runs(args) -> int:
@@ -134,7 +89,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
+    from .formats.thinkscope import export_run
     from .store import one_line
     try:
         path = export_run(_store(args), args.run_id, args.output, args.format)

@@ -14,7 +14,7 @@ from .errors import ThinkscopeError
 
 
 def _echo(*parts, file=None) -> None:
-    from .cli import echo
+    from .cli_common import echo
     echo(*parts, file=file)
 
 
@@ -36,7 +36,7 @@ def settings_from(args):
 
 def cmd_branch(args) -> int:
     from . import branch as br
-    from .cli import open_store
+    from .cli_common import open_store
     from .models import load_model
     from .record import build_prompt_ids
 
@@ -108,7 +108,7 @@ def _print_positions(store, trace_id: int, eps: float) -> None:
 
 def cmd_branch_report(args) -> int:
     from . import branch as br
-    from .cli import open_store
+    from .cli_common import open_store
     store = open_store(args)
     pred = br.fork_predictors(store, args.run_id, args.eps, args.window, args.tau)
     if args.trace_id is not None:

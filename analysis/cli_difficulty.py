@@ -14,12 +14,12 @@ from .errors import ThinkscopeError
 
 
 def _store(args):
-    from .cli import open_store
+    from .cli_common import open_store
     return open_store(args)
 
 
 def echo(*parts, file=None) -> None:
-    from .cli import echo as _echo
+    from .cli_common import echo as _echo
     _echo(*parts, file=file)
 
 
@@ -66,7 +66,7 @@ def generate_graded(args, store, lm, prompts, settings, name: str, progress) -> 
             res, summary = record_run(store, lm, prompts, settings, name, progress=progress,
                                       on_traces=collect), None
     except KeyboardInterrupt as e:
-        from .cli import interrupted
+        from .cli_common import interrupted
         return interrupted(e)
     echo(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path}")
     if summary:

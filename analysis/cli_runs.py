@@ -22,12 +22,12 @@ FORMATS = ("table", "csv", "jsonl")
 
 
 def _store(args):
-    from .cli import open_store
+    from .cli_common import open_store
     return open_store(args)
 
 
 def echo(*parts, file=None) -> None:
-    from .cli import echo as _echo
+    from .cli_common import echo as _echo
     _echo(*parts, file=file)
 
 
@@ -39,12 +39,12 @@ def _scale(unit: str) -> float:
 def write_rows(df, fmt: str, text_columns=()) -> None:
     """A table on stdout: aligned text, CSV (text cells guarded against spreadsheet formulas)
     or JSON Lines. Control characters in text are shown as escapes in every format."""
-    from .cli import printable
+    from .cli_common import printable
     if fmt == "jsonl":
         for row in df.to_dict("records"):
             echo(json.dumps(row, ensure_ascii=False, default=float))
     elif fmt == "csv":
-        from .export import csv_text
+        from .formats.thinkscope import csv_text
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(df.columns)

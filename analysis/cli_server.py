@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli import _progress_bar, echo, open_store
+from .cli_common import echo, open_store, progress_bar as _progress_bar
 from .errors import ThinkscopeError
 from .server.servers import connect
 

@@ -23,18 +23,18 @@ from .errors import ThinkscopeError
 
 
 def _store(args):
-    from .cli import open_store
+    from .cli_common import open_store
     return open_store(args)
 
 
 def echo(*parts, file=None) -> None:
-    from .cli import echo as _echo
+    from .cli_common import echo as _echo
     _echo(*parts, file=file)
 
 
 def write_table(df: pd.DataFrame, path: str) -> Path:
     """Write ``df`` as CSV or Parquet by the file's suffix; one-line errors for the rest."""
-    from .export import csv_text
+    from .formats.thinkscope import csv_text
     from .store import one_line
 
     p = Path(path)
@@ -153,7 +153,7 @@ def cmd_token_entropy(args) -> int:
 
 
 def cmd_rescore(args) -> int:
-    from .cli import _progress_bar
+    from .cli_common import progress_bar as _progress_bar
     from .compare import rescore_run
     from .models import load_model
     store = _store(args)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .export import import_export
+from .formats.ingest import import_export
 from .store import Store
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"

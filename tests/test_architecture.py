@@ -1,6 +1,8 @@
 """The project's seams: the engine never imports the UI (each analysis module, imported alone
-in a fresh interpreter, leaves streamlit and plotly unloaded), and only the store
-(``analysis/store/``) speaks SQL to the store's tables or holds a DuckDB connection."""
+in a fresh interpreter, leaves streamlit and plotly unloaded); only the store
+(``analysis/store/``) speaks SQL to the store's tables or holds a DuckDB connection; no two
+modules of the engine import each other, directly or round a cycle (imports inside functions
+included), and the layers in pyproject.toml hold (import-linter)."""
 
 from __future__ import annotations
 
@@ -127,7 +129,7 @@ def project_sources() -> list[Path]:
 
 def test_no_sql_or_database_connection_outside_the_store():
     sources = project_sources()
-    assert len(sources) > 30 and ROOT / "analysis" / "export.py" in sources
+    assert len(sources) > 30 and ROOT / "analysis" / "formats" / "ingest.py" in sources
     found = [f for p in sources for f in findings(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
     assert found == [], "SQL or a database connection outside analysis/store/ (add a Store verb):\n" + \
         "\n".join(found)
@@ -159,3 +161,92 @@ def f(store, run_id, cols, ids, con, digest):
     assert lines == [2, 5, 6, 7, 8, 11, 13, 14, 15], found
     assert any("imports duckdb" in f for f in found) and any("calls .connect()" in f for f in found)
     assert {"runs", "traces", "tokens", "vocab", "token_layers", "completions"} <= set(STORE_TABLES)
+
+
+# --------------------------------------------------------------------------- no import cycles
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path, package: str = "analysis") -> dict[str, set[str]]:
+    """Module -> the project's modules it imports, wherever in it (function-level imports
+    too); ``from package import name`` counts as importing the submodule when there is one."""
+    files = {module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for mod, path in files.items():
+        here = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([node.module] if node.module else [])])
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in files:  # a name inside a module: the module
+                    t = t.rpartition(".")[0]
+                if t and t != mod:
+                    graph[mod].add(t)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_in_the_engine():
+    graph = import_graph(ROOT)
+    assert {"analysis.formats.thinkscope", "analysis.formats.detect"} <= graph["analysis.formats.ingest"]
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_check_finds_cycles_through_function_level_imports(tmp_path):
+    """The own format's old shape: export imported the readers inside a function, and the
+    table reader imported export at the top."""
+    pkg = tmp_path / "analysis"
+    (pkg / "formats").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "export.py").write_text("def read_export(p):\n    from .formats.detect import detect\n")
+    (pkg / "formats" / "__init__.py").write_text("from .detect import detect\n")
+    (pkg / "formats" / "detect.py").write_text("from . import tables\n")
+    (pkg / "formats" / "tables.py").write_text("from ..export import LAYER_COLUMNS\n")
+    (pkg / "metrics.py").write_text("import numpy\n")
+    assert import_cycles(import_graph(tmp_path)) == [
+        ["analysis.export", "analysis.formats.detect", "analysis.formats.tables"]]
+
+
+def test_the_layers_of_pyproject_hold():
+    from importlinter.cli import lint_imports
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True) == 0

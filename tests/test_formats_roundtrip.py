@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.export import export_run, import_export, read_export, run_frame
+from analysis.formats.ingest import import_export, read_export
+from analysis.formats.thinkscope import export_run, run_frame
 from analysis.formats import ingest_file
 from tests.helpers import fill_store
 

@@ -237,7 +237,7 @@ def test_the_cli_says_one_line_for_a_surrogate(tmp_path):
 @pytest.fixture
 def exported(store, tmp_path):
     """A run imported from a chat file and exported in every format: (store, {fmt: path})."""
-    from analysis.export import export_run
+    from analysis.formats.thinkscope import export_run
     run = ingest_file(store, ROOT / "tests" / "fixtures" / "formats" / "openai_chat.jsonl").run_id
     return store, {fmt: export_run(store, run, tmp_path / f"run.{fmt}") for fmt in ("parquet", "csv", "jsonl")}
 
@@ -339,7 +339,7 @@ def test_export_run_info_that_is_not_an_object_is_one_line(exported, tmp_path, f
     out = cli_ingest(tmp_path, path)
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == f"thinkscope: error: {want}"
     assert "Traceback" not in out.stderr
-    from analysis.export import read_export
+    from analysis.formats.ingest import read_export
     from analysis.formats import preview
     with pytest.raises(TraceError, match="expected an object"):
         read_export(path)
@@ -374,7 +374,8 @@ def chat_file(path: Path, texts: list[str], model: str) -> Path:
 
 def test_csv_export_neutralises_formulas_and_reads_them_back(store, tmp_path):
     import csv
-    from analysis.export import FORMULA_START, export_run, read_export, run_frame
+    from analysis.formats.ingest import read_export
+    from analysis.formats.thinkscope import FORMULA_START, export_run, run_frame
     run = ingest_file(store, chat_file(tmp_path / "f.jsonl", FORMULAS, FORMULAS[1]), run_name="=HYPERLINK(\"x\")").run_id
     path = export_run(store, run, tmp_path / "f.csv")
     with path.open(newline="", encoding="utf-8") as f:
@@ -401,7 +402,7 @@ def test_csv_export_neutralises_formulas_and_reads_them_back(store, tmp_path):
 @settings(max_examples=300, deadline=None)
 @given(text=st.text())
 def test_csv_text_cells_round_trip_and_never_start_a_formula(text):
-    from analysis.export import FORMULA_START, csv_text, csv_text_back
+    from analysis.formats.thinkscope import FORMULA_START, csv_text, csv_text_back
     cell = csv_text(text)
     assert csv_text_back(cell) == text
     assert not cell.startswith(FORMULA_START[:-1])
@@ -411,7 +412,8 @@ def test_csv_text_cells_round_trip_and_never_start_a_formula(text):
 @given(texts=st.lists(st.text(max_size=12), min_size=1, max_size=5), name=st.text(min_size=1, max_size=12))
 @example(texts=["\r=1+1", "'", "-", "a\rb"], name="@x")
 def test_any_text_round_trips_through_the_csv_export(tmp_path_factory, texts, name):
-    from analysis.export import export_run, read_export
+    from analysis.formats.ingest import read_export
+    from analysis.formats.thinkscope import export_run
     from analysis.store import Store
     d = tmp_path_factory.mktemp("csv")
     src = Store(d / "s.duckdb")

@@ -360,7 +360,8 @@ def test_analysis_layers_does_not_import_streamlit():
 def test_layers_travel_in_parquet_exports(tiny_lm, store, tmp_path):
     """Export -> import keeps every per-layer array and the lens top-1 tokens' text."""
     import numpy as np
-    from analysis.export import export_run, import_export
+    from analysis.formats.ingest import import_export
+    from analysis.formats.thinkscope import export_run
     from analysis.record import GenerationSettings, Prompt, record_run
 
     s = GenerationSettings(max_new_tokens=8, samples=1, logit_lens=True, attention_entropy=True)

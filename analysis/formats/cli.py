@@ -18,7 +18,7 @@ def _bytes_bar():
     in binary units, and a rate only for files large enough to be read in many steps."""
     from tqdm import tqdm
 
-    from ..cli import printable
+    from ..cli_common import printable
     bars: dict[str, tqdm] = {}
 
     def update(name: str, done: int, total: int) -> None:
@@ -34,7 +34,7 @@ def _bytes_bar():
 
 
 def cmd_ingest(args) -> int:
-    from ..cli import echo, open_store
+    from ..cli_common import echo, open_store
     from .ingest import ingest_files
 
     store = open_store(args)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..trace import TraceError
-from . import batch, completions, llamacpp, ollama, openai_chat, plaintext, responses, sglang, tables
+from . import batch, completions, llamacpp, ollama, openai_chat, plaintext, responses, sglang, tables, thinkscope
 from .base import Problems, bad_utf8
 from .jsonstream import first_char, iter_values
 
@@ -17,7 +17,7 @@ JSON_READERS = (batch, sglang, llamacpp, ollama, responses, completions, openai_
 FORMATS: dict[str, str] = {
     **{m.NAME: m.TITLE for m in JSON_READERS},
     tables.TABLE: tables.TABLE_TITLE,
-    tables.EXPORT: tables.EXPORT_TITLE,
+    thinkscope.NAME: thinkscope.TITLE,
 }
 PEEK_RECORDS = 5
 
@@ -34,16 +34,16 @@ class Detection:
     note: str = ""
 
 
-def _is_parquet(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PAR1"
+def sniff_columns(cols: list[str]) -> tuple[str | None, float]:
+    """(format, score) from a table's column names: an export's, else a token table's."""
+    return (thinkscope.NAME, 1.0) if thinkscope.sniff_columns(cols) else tables.sniff_columns(cols)
 
 
 def sniff_records(records: list[Any]) -> Detection:
     scores: dict[str, float] = {}
     for obj in records:
         if isinstance(obj, dict) and "thinkscope_run" in obj:
-            return Detection(tables.EXPORT, 1.0)
+            return Detection(thinkscope.NAME, 1.0)
         if batch.sniff_input(obj):
             return Detection(batch.INPUT_NAME, 1.0, note="a Batch API input file (requests, no outputs)")
         for m in JSON_READERS:
@@ -66,12 +66,12 @@ def detect(path: str | Path, name: str | None = None) -> Detection:
     name = name or path.name
     if path.stat().st_size == 0:
         raise TraceError(f"{name}: the file is empty")
-    if _is_parquet(path):
+    if tables.is_parquet(path):
         try:
-            info = tables.parquet_export_info(path)
+            info = thinkscope.parquet_info(path)
             if info is not None:
-                return Detection(tables.EXPORT, 1.0, container="parquet")
-            fmt, score = tables.sniff_columns(tables.columns(path))
+                return Detection(thinkscope.NAME, 1.0, container="parquet")
+            fmt, score = sniff_columns(tables.columns(path))
         except tables.TABLE_ERRORS as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TraceError(f"{name}: not a readable Parquet file ({reason})") from e
@@ -97,7 +97,7 @@ def detect(path: str | Path, name: str | None = None) -> Detection:
         raise TraceError(f"{name}: {bad_utf8(e, f'at byte offset {e.start}')}") from e
     except tables.TABLE_ERRORS as e:
         raise TraceError(f"{name}: neither JSON nor a readable CSV table ({str(e).splitlines()[0]})") from e
-    fmt, score = tables.sniff_columns(cols)
+    fmt, score = sniff_columns(cols)
     if fmt:
         return Detection(fmt, score, container="csv")
     row = dict.fromkeys(cols, "")

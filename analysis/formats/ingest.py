@@ -32,7 +32,7 @@ from .. import settings
 from ..store import DuplicateContent, NextIds, Store, StoreError, free_bytes, mb
 from ..errors import DuplicateFileError, TraceError
 from ..trace import Trace
-from . import batch, fastchat, openai_chat, plaintext, tables
+from . import batch, fastchat, openai_chat, plaintext, tables, thinkscope
 from .base import Context, Problems, flat_fields, text_pieces
 from .detect import FORMATS, JSON_READERS, Detection, describe_unknown, detect
 from .jsonstream import first_char, is_json_lines, iter_values
@@ -120,14 +120,18 @@ class _Duplicates:
         self._pool.shutdown(wait=True)
 
 
-def resolve_format(path: Path, name: str, format: str | None) -> Detection:
-    """The user's --format if given (checked against the known names), else the detected one."""
-    if format:
+def resolve_format(path: Path, name: str, format: str | Detection | None) -> Detection:
+    """The user's --format if given (checked against the known names), else the detected one; a
+    Detection already made is taken as it is (a file is detected once)."""
+    if isinstance(format, Detection):
+        d = format
+    elif format:
         if format not in FORMATS:
             raise TraceError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
-        container = "parquet" if tables._is_parquet(path) else ("json" if _looks_json(path) else "csv")
+        container = "parquet" if tables.is_parquet(path) else ("json" if _looks_json(path) else "csv")
         return Detection(format, 1.0, container=container)
-    d = detect(path, name)
+    else:
+        d = detect(path, name)
     if d.format == batch.INPUT_NAME:
         raise TraceError(f"{name}: this is a Batch API input file (the requests, without outputs); import the "
                          f"output file, together with this one to join the prompts on custom_id")
@@ -140,7 +144,7 @@ def _looks_json(path: Path) -> bool:
     return first_char(path) in ("{", "[")
 
 
-def read_traces(path: str | Path, ctx: Context, format: str | None = None,
+def read_traces(path: str | Path, ctx: Context, format: str | Detection | None = None,
                 progress: Callable[[int], None] | None = None, name: str | None = None,
                 fast: bool = True) -> Iterator[Trace]:
     """Stream the traces of a file (problems go to ``ctx.problems``; nothing is raised for them).
@@ -153,16 +157,16 @@ def read_traces(path: str | Path, ctx: Context, format: str | None = None,
     d = resolve_format(path, name, format)
     fmt = d.format
     pr = ctx.problems
-    if fmt in (tables.EXPORT, tables.TABLE) and d.container != "json":
-        reader = (tables.export_traces(path, ctx, progress, d.container) if fmt == tables.EXPORT
+    if fmt in (thinkscope.NAME, tables.TABLE) and d.container != "json":
+        reader = (thinkscope.export_traces(path, ctx, progress, d.container) if fmt == thinkscope.NAME
                   else tables.table_traces(path, ctx, progress))
         try:
             yield from reader
         except tables.TABLE_ERRORS as e:  # pandas/pyarrow on a file that is not the table it claims
             pr.add(f"not a readable {d.container.upper()} table: {_first_line(e)}")
         return
-    if fmt == tables.EXPORT:
-        yield from tables.export_traces(path, ctx, progress, d.container)
+    if fmt == thinkscope.NAME:
+        yield from thinkscope.export_traces(path, ctx, progress, d.container)
         return
     if fmt == plaintext.NAME and d.container == "csv":
         yield from plaintext.traces(plaintext.csv_rows(path, pr), ctx)
@@ -190,7 +194,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def available_fields(path: str | Path, format: str | None = None, n: int = 20) -> list[str]:
+def available_fields(path: str | Path, format: str | Detection | None = None, n: int = 20) -> list[str]:
     """Field names in a file that a user may map onto metadata (top-level, metadata.*, columns)."""
     path = Path(path)
     d = resolve_format(path, path.name, format)
@@ -245,8 +249,8 @@ def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: 
             if not count and n_traces >= n:
                 break
         return Preview(d, first, n_traces if count else None, None, pr.items, pr.total, pr.warnings,
-                       available_fields(path, d.format))
-    for t in read_traces(path, ctx, d.format, name=name):
+                       available_fields(path, d))
+    for t in read_traces(path, ctx, d, name=name):
         if len(first) < n:
             first.append(t)
         n_traces += 1
@@ -254,7 +258,7 @@ def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: 
         if not count and len(first) >= n:
             break
     return Preview(d, first, n_traces if count else None, n_tokens if count else None, pr.items, pr.total,
-                   pr.warnings, available_fields(path, d.format), {**ctx.vocab, **ctx.local.text()})
+                   pr.warnings, available_fields(path, d), {**ctx.vocab, **ctx.local.text()})
 
 
 # --------------------------------------------------------------------------- importing
@@ -291,7 +295,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def ingest_file(store: Store, path: str | Path, format: str | None = None, run_name: str | None = None,
+def ingest_file(store: Store, path: str | Path, format: str | Detection | None = None, run_name: str | None = None,
                 progress: ProgressFn | None = None, lm: Any = None, *, model: str | None = None,
                 field_map: dict[str, str] | None = None, marker: str = settings.THINK_MARKER,
                 max_bytes: int | None = None, allow_duplicate: bool = False,
@@ -334,7 +338,7 @@ def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates
         lm = load_model(model)
     pr = Problems(name)
     ctx = Context(problems=pr, field_map=field_map, marker=marker, lm=lm, requests=requests)
-    info = tables.export_info(path, d.container) if d.format == tables.EXPORT else None
+    info = thinkscope.export_info(path, d.container) if d.format == thinkscope.NAME else None
 
     try:
         store.path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,7 +411,7 @@ def _stage(store: Store, staging: Path, path: Path, name: str, d: Detection, ctx
         nonlocal first_model
         pending: list[Trace] = []
         pending_tokens = 0
-        for t in unique_ids(read_traces(path, ctx, d.format, report, name), pr):
+        for t in unique_ids(read_traces(path, ctx, d, report, name), pr):
             check()  # a file imported before is refused as soon as its hash is known
             if first_model is None and isinstance(t.metadata.get("model"), str):
                 first_model = t.metadata["model"]
@@ -469,7 +473,7 @@ def _diagnose(path: Path, name: str, d: Detection, ctx: Context) -> None:
     path numbers records, which differ from lines when a file has blank lines)."""
     pr = Problems(name)
     slow = Context(problems=pr, field_map=ctx.field_map, marker=ctx.marker, lm=ctx.lm, requests=ctx.requests)
-    for _ in unique_ids(read_traces(path, slow, d.format, None, name, fast=False), pr):
+    for _ in unique_ids(read_traces(path, slow, d, None, name, fast=False), pr):
         if pr.full:
             break
     pr.raise_if_any()
@@ -518,17 +522,38 @@ def ingest_files(store: Store, paths: list[str | Path], format: str | None = Non
     requests: dict[str, dict] = {}
     outputs = []
     for p, n in zip(paths, names):
-        if format is None and detect(p, n).format == batch.INPUT_NAME:
+        d = detect(p, n) if format is None else format
+        if format is None and d.format == batch.INPUT_NAME:
             pr = Problems(n)
             requests.update(batch.read_requests(iter_values(p, pr), Context(problems=pr)))
             pr.raise_if_any()
         else:
-            outputs.append((p, n))
+            outputs.append((p, n, d))
     if not outputs:
         raise TraceError("only Batch API input files were given; add the output file(s) to import")
     results = []
-    for i, (p, n) in enumerate(outputs):
+    for p, n, d in outputs:
         cb = (lambda done, total, n=n: progress(n, done, total)) if progress else None
         rn = run_name if len(outputs) == 1 or run_name is None else f"{run_name} ({Path(n).stem})"
-        results.append(ingest_file(store, p, format, rn, cb, lm, requests=requests or None, name=n, **kwargs))
+        results.append(ingest_file(store, p, d, rn, cb, lm, requests=requests or None, name=n, **kwargs))
     return results
+
+
+# --------------------------------------------------------------------------- the project's own format, back
+
+
+def read_export(path: str | Path) -> tuple[dict, list[Trace]]:
+    """(run info, traces) from a file written by ``thinkscope.export_run`` (Parquet, CSV or JSON Lines)."""
+    path = Path(path)
+    d = detect(path)
+    if d.format != thinkscope.NAME:
+        raise TraceError(f"{path.name}: not a thinkscope export (detected {d.format or 'no known format'})")
+    pr = Problems(path.name)
+    traces = list(thinkscope.export_traces(path, Context(problems=pr), container=d.container))
+    pr.raise_if_any()
+    return thinkscope.export_info(path, d.container), traces
+
+
+def import_export(store: Store, path: str | Path, name: str | None = None) -> int:
+    """Store a thinkscope export as a new run, atomically; return the run id."""
+    return ingest_file(store, path, format=thinkscope.NAME, run_name=name, allow_duplicate=True).run_id
