@@ -383,11 +383,6 @@ class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
             raise StoreError(f"{self.path}: no run with id {run_id}")
         return df.iloc[0]
 
-    def run_settings(self, run_id: int) -> dict:
-        """A run's settings; empty for a run that is not in the store."""
-        df = self.query("SELECT settings FROM runs WHERE run_id = ?", [run_id])
-        return json_settings(df["settings"].iloc[0]) if not df.empty else {}
-
     def trace_run(self, trace_id: int) -> int | None:
         """The run a trace belongs to; None when no trace has that id."""
         df = self.query("SELECT run_id FROM traces WHERE trace_id = ?", [trace_id])
