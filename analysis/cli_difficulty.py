@@ -2,7 +2,8 @@
 
     thinkscope grade RUN [--rule auto|boxed|hash|...] [--regex R] [--rel-tol x] [--abs-tol x]
     thinkscope difficulty RUN [RUN2] [--axis level|pass_rate] [--estimator full] [--phase all]
-    thinkscope calibrate RUN --out CONFIG.json [--mode streaming|gate] [--n-calib 20] [--use tau_info]
+    thinkscope calibrate RUN --out CONFIG.json [--mode streaming|gate] [--n-calib N] [--use tau_info]
+                             [--answer-cue TEXT] [--answer-tokens 12]
 
 and the graded / early-stopped generation that ``thinkscope generate --problems SET
 [--early-stop CONFIG]`` runs (``generate_graded``).
@@ -56,12 +57,11 @@ def generate_graded(args, store, lm, prompts, settings, name: str, progress) -> 
 
     try:
         if args.early_stop:
-            from .early_stop import load_config, record_run_early_stop
-            from .record import sigterm_as_interrupt
+            from .early_stop import load_config
+            from .stopping import record_run_early_stop
             cfg = load_config(args.early_stop)
-            with sigterm_as_interrupt():
-                res, summary = record_run_early_stop(store, lm, prompts, settings, name, cfg, on_traces=collect,
-                                                     progress=progress)
+            res, summary = record_run_early_stop(store, lm, prompts, settings, name, cfg, on_traces=collect,
+                                                 progress=progress)
         else:
             res, summary = record_run(store, lm, prompts, settings, name, progress=progress,
                                       on_traces=collect), None
@@ -73,6 +73,8 @@ def generate_graded(args, store, lm, prompts, settings, name: str, progress) -> 
         echo(f"early stop: {summary['stopped_early']} of {summary['traces']} traces stopped; "
               f"{summary['budget_saved']} of {summary['budget']} budget tokens left unused "
               "(an upper bound on tokens saved; compare with a run without --early-stop for the real saving)")
+        if summary.get("warning"):
+            echo(f"warning: {summary['warning']}")
     if graded and rows:
         df = pd.DataFrame(rows)
         table = pass_rates(df.assign(level=df["level"].fillna(-1)), "level")
@@ -132,35 +134,31 @@ def cmd_difficulty(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    import numpy as np
-
     from . import early_stop as es
+    from .runs import run_info
     store = _store(args)
+    info = run_info(store, args.run_id)
     rt = es.load_run_tokens(store, args.run_id, args.estimator)
-    graded = np.flatnonzero(~np.isnan(rt.correct))
-    if graded.size < 2:
-        raise ThinkscopeError(f"run {args.run_id} has {graded.size} graded traces; grade it first")
-    calib = np.zeros(rt.n, bool)
-    calib[graded[es.calibration_split(graded.size, min(args.n_calib, graded.size), args.seed)]] = True
-    budget = args.budget if args.mode == "gate" else int(rt.lengths.max()) + 1
-    th = es.thresholds(es.prefix_entropy(rt, budget)[calib], rt.correct[calib])
+    rule = es.StopRule(args.mode, 0.0, args.k, args.min_tokens, args.budget)
+    cal = es.calibrate(rt, rule, args.n_calib, args.seed)
+    th = cal.thresholds
+    if th is None:
+        raise ThinkscopeError(f"run {args.run_id}: {cal.problem}")
     tau = args.tau if args.tau is not None else getattr(th, args.use)
-    rule = es.StopRule(args.mode, float(tau), args.k, args.min_tokens, args.budget)
-    held = ~np.isnan(rt.correct) & ~calib
-    runs = store.runs()
-    model = runs.loc[runs.run_id == args.run_id, "model"]
-    cfg = es.EarlyStopConfig(str(model.iloc[0]) if len(model) and model.iloc[0] else "unknown", args.estimator,
-                             rule, calibration={"tau_mean": th.tau_mean, "tau_info": th.tau_info,
-                                                "cohens_d": th.cohens_d, "n_calib": int(calib.sum()),
-                                                "seed": args.seed}, source_run=args.run_id)
+    cue = es.DEFAULT_CUE if args.answer_cue is None else args.answer_cue
+    cfg = es.threshold_config(cal, tau, info.model, info.settings, args.run_id, cue, args.answer_tokens)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(cfg.to_json())
+    echo(f"signal: {cal.signal_name} ({args.estimator}, nats)")
     echo(f"tau_mean {th.tau_mean:.4f} nats, tau_info {th.tau_info:.4f} nats (Cohen's d {th.cohens_d:.3f}, "
-          f"{th.n_correct} correct / {th.n_incorrect} incorrect calibration traces)")
-    if held.any():
-        p = es.StopModel(rt.subset(held), rule).point(rule.tau)
-        echo(f"held-out at tau {rule.tau:.4f}: {p['tokens_saved_pct']:.1f}% tokens saved, accuracy "
-              f"{100 * p['accuracy']:.1f}% vs {100 * p['baseline_accuracy']:.1f}% without stopping (estimate)")
+         f"{th.n_correct} correct / {th.n_incorrect} incorrect calibration traces)")
+    note = cal.note()
+    if note:
+        echo(f"warning: {note}")
+    if cal.held.any():
+        p = es.StopModel(rt.subset(cal.held), cfg.rule).point(cfg.rule.tau)
+        echo(f"held-out at tau {cfg.rule.tau:.4f}: {p['tokens_saved_pct']:.1f}% tokens saved, accuracy "
+             f"{100 * p['accuracy']:.1f}% vs {100 * p['baseline_accuracy']:.1f}% without stopping (estimate)")
     echo(f"-> {args.out}")
     return 0
 
@@ -194,11 +192,15 @@ def register(sub) -> None:
     c.add_argument("--out", required=True, help="config JSON for `generate --early-stop`")
     c.add_argument("--mode", choices=["streaming", "gate"], default="streaming")
     c.add_argument("--estimator", default="full")
-    c.add_argument("--n-calib", type=int, default=20, help="labelled traces used to calibrate")
+    c.add_argument("--n-calib", type=int, help="labelled traces used to calibrate (default: a quarter of the "
+                                                "graded ones, at least 2; the rest is held out)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--use", choices=["tau_info", "tau_mean"], default="tau_info")
     c.add_argument("--tau", type=float, help="a threshold in nats instead of the calibrated one")
     c.add_argument("--k", type=int, default=16)
     c.add_argument("--min-tokens", type=int, default=32)
     c.add_argument("--budget", type=int, default=64)
+    c.add_argument("--answer-cue", help="text appended at a stop to make the model answer (default: a new line "
+                                        "and 'Final answer:')")
+    c.add_argument("--answer-tokens", type=int, default=12, help="answer tokens decoded after the cue")
     c.set_defaults(func=cmd_calibrate)

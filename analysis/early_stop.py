@@ -8,15 +8,22 @@ Two rules, both on per-token entropy (nats) of one estimator:
 - **streaming stop**: stop at the first position t (with at least ``min_tokens`` tokens
   and a full window) where the running mean entropy of the last ``k`` tokens is <= tau.
 
-Thresholds come from a few labelled traces: tau_mean = mean entropy of the correct ones;
-tau_info = mu_c + sigma_c ln(1 + |d|) with d Cohen's d between the entropies of the correct
-and incorrect ones (arXiv 2510.08146). The paper reports 25-50% fewer tokens at the same
-accuracy for post-trained reasoning models and no signal in a plain instruction-tuned one.
+Thresholds come from a few labelled traces (``calibrate``), on the signal the rule compares
+with tau: the gate's prefix mean, or, for the streaming stop, each trace's lowest running
+mean of k tokens from ``min_tokens`` on (a trace stops at tau exactly when that is <= tau).
+tau_mean = mean signal of the correct ones; tau_info = mu_c + sigma_c ln(1 + |d|) with d
+Cohen's d between the signals of the correct and incorrect ones (arXiv 2510.08146). The paper
+reports 25-50% fewer tokens at the same accuracy for post-trained reasoning models and no
+signal in a plain instruction-tuned one; a negative d (wrong answers calmer than right ones)
+is reported as a reversed signal (``reversed_signal_note``).
 
 Accuracy at a stop needs the answer the model would give there. A **replay** forces it with
-the model (append an answer cue, decode a few tokens, grade). Without a model, the figure is
-an **estimate**: a stopped trace counts as correct when it was correct in full and its graded
-final answer already appears in the text before the stop.
+the model (append an answer cue, decode a few tokens, grade: ``analysis.stopping``). Without a
+model, the figure is an **estimate**: a stopped trace counts as correct when it was correct in
+full and its graded final answer already appears in the text before the stop.
+
+This module is numpy only; generation with the rule and replay (torch) are in
+``analysis.stopping``.
 
 Curves over every threshold are computed from sorted arrays (searchsorted on cumulative
 sums), so a slider move costs O(log N) and a whole curve O(G log N) after one O(tokens) pass.
@@ -29,12 +36,13 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from .errors import EarlyStopError
+from .metrics import estimator_temperature, temperature_text
 
 MODES = ("gate", "streaming")
 DEFAULT_CUE = "\nFinal answer:"
@@ -348,6 +356,110 @@ class StopModel:
         return np.linspace(vals[0] - 1e-9, vals[-1], grid)
 
 
+# --------------------------------------------------------------------------- calibration
+
+
+def default_n_calib(n_graded: int) -> int:
+    """Labelled traces used to calibrate unless told: a quarter of the graded ones, at least two
+    (the rest is held out to check the threshold)."""
+    return min(max(2, n_graded // 4), n_graded)
+
+
+def rule_signal(rt: RunTokens, rule: StopRule) -> tuple[np.ndarray, str]:
+    """Per trace, the value the rule compares with tau (nats; NaN where it never checks), and
+    its name. Gate: the mean entropy of the first ``budget`` tokens. Streaming: the lowest
+    running mean of the last ``k`` tokens at the positions where it may stop (from token
+    ``max(min_tokens, k)`` on); the trace stops at tau exactly when this is <= tau."""
+    if rule.mode == "gate":
+        return prefix_entropy(rt, rule.budget), f"mean entropy of the first {rule.budget} tokens"
+    r = running_mean(rt, rule.k)
+    r = np.where(rt.pos >= rule.first_check, r, np.nan)
+    lowest = pd.Series(r).groupby(rt.seg).min().reindex(np.arange(rt.n)).to_numpy(np.float64) if r.size \
+        else np.full(rt.n, np.nan)
+    return lowest, (f"lowest running mean of {rule.k} tokens from token {rule.first_check + 1} on "
+                    "(the streaming rule's signal)")
+
+
+@dataclass
+class Calibration:
+    """Thresholds from a calibration split of a run's graded traces, on the rule's signal.
+
+    ``calib`` and ``held`` are masks over ``rt``'s traces (graded ones only); ``signal`` is
+    per trace of ``rt`` (nats). ``thresholds`` is None when they are undefined, with
+    ``problem`` saying why.
+    """
+
+    rt: RunTokens
+    rule: StopRule
+    signal: np.ndarray
+    signal_name: str
+    calib: np.ndarray
+    held: np.ndarray
+    n_calib: int
+    seed: int
+    thresholds: Thresholds | None
+    problem: str | None = None
+
+    def note(self) -> str | None:
+        """A sentence when the signal is reversed (see ``reversed_signal_note``)."""
+        return None if self.thresholds is None else reversed_signal_note(self.thresholds)
+
+    def record(self) -> dict:
+        """What a threshold file keeps of the calibration."""
+        th = self.thresholds
+        if th is None:
+            return {"n_calib": self.n_calib, "seed": self.seed, "signal": self.signal_name}
+        return {"tau_mean": th.tau_mean, "tau_info": th.tau_info, "cohens_d": th.cohens_d,
+                "n_correct": th.n_correct, "n_incorrect": th.n_incorrect, "n_calib": self.n_calib,
+                "seed": self.seed, "signal": self.signal_name}
+
+
+def calibrate(rt: RunTokens, rule: StopRule, n_calib: int | None = None, seed: int = 0) -> Calibration:
+    """Split the graded traces of ``rt`` (``n_calib`` for calibration, default
+    ``default_n_calib``; the rest held out) and compute tau_mean and tau_info on the signal
+    ``rule`` applies (``rule_signal``). ``rule.tau`` is not used."""
+    graded = np.flatnonzero(~np.isnan(rt.correct))
+    if graded.size < 2:
+        raise EarlyStopError(f"{graded.size} graded trace(s): calibration needs traces graded correct/incorrect "
+                             "(generate with --problems, or re-grade the run)")
+    n = default_n_calib(graded.size) if n_calib is None else int(n_calib)
+    if not 1 <= n <= graded.size:
+        raise EarlyStopError(f"calibration traces: {n} asked, the run has {graded.size} graded traces")
+    calib = np.zeros(rt.n, bool)
+    calib[graded[calibration_split(graded.size, n, seed)]] = True
+    held = np.zeros(rt.n, bool)
+    held[graded] = True
+    held &= ~calib
+    signal, name = rule_signal(rt, rule)
+    try:
+        th, problem = thresholds(signal[calib], rt.correct[calib]), None
+    except EarlyStopError as e:
+        th, problem = None, str(e)
+    return Calibration(rt, rule, signal, name, calib, held, n, seed, th, problem)
+
+
+def reversed_signal_note(th: Thresholds) -> str | None:
+    """When Cohen's d is negative (the wrong answers' signal is lower than the right ones'),
+    the sentence that says so; None otherwise."""
+    if math.isnan(th.cohens_d) or th.cohens_d >= 0:
+        return None
+    return (f"Cohen's d is {th.cohens_d:.2f}: the wrong answers have lower entropy than the right ones, so low "
+            "entropy does not mean a right answer here (a reversed signal); τ_info's ln(1 + |d|) still raises "
+            "the threshold above τ_mean, which stops more traces, wrong ones among them")
+
+
+def threshold_config(cal: Calibration, tau: float, model: str | None, run_settings: dict, source_run: int,
+                     answer_cue: str = DEFAULT_CUE, answer_tokens: int = 12) -> "EarlyStopConfig":
+    """The threshold file of a calibration at ``tau`` (nats), for ``generate --early-stop``. The
+    temperature recorded is the one the run's entropies were taken at (1 for greedy runs)."""
+    temperature = estimator_temperature(cal.rt.estimator, run_settings)
+    r = cal.rule
+    return EarlyStopConfig(model or "unknown", cal.rt.estimator, StopRule(r.mode, float(tau), r.k, r.min_tokens,
+                                                                           r.budget),
+                           answer_cue=answer_cue, answer_tokens=int(answer_tokens), temperature=temperature,
+                           calibration=cal.record(), source_run=int(source_run))
+
+
 def tau_range(model: StopModel) -> tuple[float, float]:
     """(lowest, highest) tau where anything changes (nats)."""
     t = model.default_taus()
@@ -420,6 +532,8 @@ class EarlyStopConfig:
         d = {"kind": CONFIG_KIND, "version": CONFIG_VERSION, "model": self.model, "estimator": self.estimator,
              "unit": "nats", **asdict(self.rule), "answer_cue": self.answer_cue,
              "answer_tokens": self.answer_tokens, "temperature": self.temperature,
+             # the temperature the calibrated entropies were taken at (null: unknown)
+             "logprob_temperature": self.temperature,
              "calibration": self.calibration, "source_run": self.source_run}
         return json.dumps(d, indent=2, default=float)
 
@@ -445,20 +559,42 @@ class EarlyStopConfig:
         except (TypeError, ValueError) as e:
             raise EarlyStopError(f"{where}: {e}") from None
         return cls(str(d["model"]), str(d["estimator"]), rule, d.get("answer_cue", DEFAULT_CUE),
-                   int(d.get("answer_tokens", 12)), d.get("temperature"), d.get("calibration") or {},
-                   d.get("source_run"))
+                   int(d.get("answer_tokens", 12)), _temperature(d.get("logprob_temperature")),
+                   d.get("calibration") or {}, d.get("source_run"))
 
-    def check_compatible(self, model: str, estimator: str) -> None:
-        """Refuse a threshold made for another model or estimator, saying which and why."""
+    def check_compatible(self, model: str, estimator: str, temperature: float | None = None) -> str | None:
+        """Refuse a threshold made for another model, estimator or temperature (the one this
+        run's ``estimator`` values are taken at, None: unknown), saying which and why. Returns
+        a warning when either temperature is unknown, else None."""
         problems = []
         if self.model != model:
             problems.append(f"it was calibrated on model {self.model!r}, this is {model!r}")
         if self.estimator != estimator:
             problems.append(f"it uses estimator {self.estimator!r}, this uses {estimator!r}")
+        if temperature is not None and self.temperature is not None and \
+                not math.isclose(float(self.temperature), float(temperature), rel_tol=1e-6):
+            problems.append(f"its {self.estimator} entropies were taken at {temperature_text(self.temperature)}, "
+                            f"this run's at {temperature_text(temperature)}")
         if problems:
             raise EarlyStopError("threshold file refused: " + "; ".join(problems) +
-                                 ". Entropy scales differ between models and estimators, so a tau "
-                                 "calibrated on one does not transfer; calibrate on this model.")
+                                 ". Entropy scales differ between models, estimators and temperatures, so a "
+                                 "tau calibrated on one does not transfer; calibrate on this model.")
+        if self.temperature is None:
+            return ("the threshold file does not say at which temperature its entropies were taken; "
+                    f"this run's {estimator} is at {temperature_text(temperature)}: tau may not transfer")
+        if temperature is None:
+            return (f"the threshold was calibrated on {self.estimator} at {temperature_text(self.temperature)}; "
+                    "this run's temperature is unknown: tau may not transfer")
+        return None
+
+
+def _temperature(value) -> float | None:
+    """A recorded temperature, None when missing or not a number above 0."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        return None
+    return t if math.isfinite(t) and t > 0 else None
 
 
 def load_config(path: str | Path, model: str | None = None, estimator: str | None = None) -> EarlyStopConfig:
@@ -471,106 +607,6 @@ def load_config(path: str | Path, model: str | None = None, estimator: str | Non
         cfg.check_compatible(model if model is not None else cfg.model,
                              estimator if estimator is not None else cfg.estimator)
     return cfg
-
-
-# --------------------------------------------------------------------------- inside generation
-
-
-class EntropyStopper:
-    """Applies a streaming/gate rule inside ``transformers`` generation.
-
-    ``processor`` is a logits processor that reads each step's raw logits (it must come
-    before any warper, as record.generate_batch's extra processors do) and keeps the entropy
-    at the sampling temperature; ``criterion`` is a ``StoppingCriteria`` that ends a row when
-    the rule fires. ``stop_at[b]`` is the 0-based index of the last kept token of row b (-1:
-    not stopped). Use one instance per ``generate`` call.
-    """
-
-    def __init__(self, rule: StopRule, temperature: float = 1.0):
-        from transformers import LogitsProcessor, StoppingCriteria
-
-        self.rule, self.t = rule, float(temperature)
-        self.h: list = []
-        self.stop_at = None
-        outer = self
-
-        class _Proc(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                import torch
-                z = scores.float() / outer.t if outer.t != 1.0 else scores.float()
-                logp = torch.log_softmax(z, dim=-1)
-                p = logp.exp()
-                outer.h.append(-torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype)).sum(-1))
-                return scores
-
-        class _Crit(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return outer._check(input_ids)
-
-        self.processor, self.criterion = _Proc(), _Crit()
-
-    def _check(self, input_ids):
-        import torch
-        b = input_ids.shape[0]
-        if self.stop_at is None:
-            self.stop_at = np.full(b, -1, np.int64)
-        t = len(self.h) - 1                      # index of the token just generated
-        done = torch.zeros(b, dtype=torch.bool)
-        r = self.rule
-        if r.mode == "gate":
-            if t == r.budget - 1:
-                mean = torch.stack(self.h, 1).mean(1)
-                done = mean <= r.tau
-        elif t >= r.first_check:
-            mean = torch.stack(self.h[t - r.k + 1:], 1).mean(1)
-            done = mean <= r.tau
-        newly = done.cpu().numpy() & (self.stop_at < 0)
-        self.stop_at[newly] = t
-        return torch.as_tensor(self.stop_at >= 0)
-
-
-def force_answers(lm, prefixes: Sequence[Sequence[int]], cue: str = DEFAULT_CUE, n_tokens: int = 12,
-                  temperature: float = 1.0, top_k: int = 0):
-    """Append ``cue`` to each token-id prefix and decode ``n_tokens`` greedily (one padded batch).
-
-    Returns (cue_ids, one dict per prefix with 'ids', 'text', 'entropy' (nats at
-    ``temperature``), 'entropy_t1', 'logprobs' and, with ``top_k``, 'topk_ids'/'topk_lp').
-    The answer is what the model says when made to answer now.
-    """
-    import torch
-
-    from .record import StepRecorder, _stop_ids
-
-    tok = lm.tokenizer
-    cue_ids = tok(cue, add_special_tokens=False)["input_ids"] if cue else []
-    seqs = [list(map(int, p)) + cue_ids for p in prefixes]
-    width = max(len(s) for s in seqs)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
-    att = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
-    rec = StepRecorder(temperature, top_k)
-    with torch.inference_mode():
-        out = lm.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=n_tokens, do_sample=False,
-                                temperature=None, top_p=None, top_k=None, pad_token_id=pad,
-                                logits_processor=[rec], return_dict_in_generate=True)
-    rec.finish(out.sequences)
-    arr = rec.arrays()
-    new = out.sequences[:, width:].cpu().numpy()
-    stops = _stop_ids(lm)
-    res = []
-    for b in range(len(seqs)):
-        row = new[b][: arr["entropy"].shape[1]]
-        ends = [i for i, x in enumerate(row) if int(x) in stops]
-        n = ends[0] if ends else len(row)
-        ids_b = row[:n]
-        item = {"ids": ids_b, "text": tok.decode(ids_b, skip_special_tokens=True),
-                "entropy": arr["entropy"][b, :n].astype(np.float64),
-                "entropy_t1": arr["entropy_t1"][b, :n].astype(np.float64),
-                "logprobs": arr["chosen_lp"][b, :n].astype(np.float64)}
-        if top_k:
-            item["topk_ids"], item["topk_lp"] = arr["topk_ids"][b, :n], arr["topk_lp"][b, :n].astype(np.float64)
-        res.append(item)
-    return cue_ids, res
 
 
 # --------------------------------------------------------------------------- replay
@@ -606,40 +642,6 @@ def replay_items(store, run_id: int, stops: dict[int, int]) -> list[dict]:
     return out
 
 
-def replay(lm, store, run_id: int, stops: dict[int, int], cue: str = DEFAULT_CUE, answer_tokens: int = 12,
-           rule=None, batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
-           cancelled: Callable[[], bool] | None = None) -> Iterator[list[ReplayResult]]:
-    """Force the answer at each stop with the model and grade it; yields results per batch.
-
-    ``stops`` maps trace id -> index of the last kept token. The prompt is rebuilt with the
-    run's chat-template settings. Stopping the iteration (or ``cancelled()`` returning True)
-    keeps every batch already yielded.
-    """
-    from .grading import GradingRule, grade
-    from .record import GenerationSettings, build_prompt_ids
-
-    rule = rule or GradingRule()
-    s = store.run_settings(int(run_id))
-    gs = GenerationSettings(chat_template=bool(s.get("chat_template", True)), system_prompt=s.get("system_prompt"))
-    items = replay_items(store, run_id, stops)
-    total = len(items)
-    if progress:
-        progress(0, total)
-    for start in range(0, total, max(1, batch_size)):
-        if cancelled is not None and cancelled():
-            return
-        chunk = items[start: start + batch_size]
-        prefixes = [build_prompt_ids(lm, it["prompt"] or "", gs) + it["ids"].tolist() for it in chunk]
-        _, answers = force_answers(lm, prefixes, cue, answer_tokens)
-        batch = []
-        for it, a in zip(chunk, answers):
-            g = grade(cue + a["text"], it["gold"] if isinstance(it["gold"], str) else None, rule)
-            batch.append(ReplayResult(it["trace_id"], it["stop"], a["text"], g.pred, g.correct))
-        if progress:
-            progress(start + len(chunk), total)
-        yield batch
-
-
 def replay_accuracy(model: StopModel, tau: float, results: Sequence[ReplayResult]) -> dict:
     """Accuracy at ``tau`` with replayed answers for the traces that stop early.
 
@@ -667,134 +669,3 @@ def replay_accuracy(model: StopModel, tau: float, results: Sequence[ReplayResult
             ok += rt.correct[i] > 0.5
     return {"accuracy": ok / n if n else float("nan"), "graded": n, "stopped": n_stopped,
             "replayed": covered, "coverage": covered / n_stopped if n_stopped else 1.0}
-
-
-# --------------------------------------------------------------------------- generating with the rule
-
-
-def _truncate(trace, n: int):
-    """The first ``n`` tokens of a trace (phase boundary recomputed from its marker)."""
-    from .trace import Trace
-
-    cut = lambda a: None if a is None else a[:n]  # noqa: E731
-    layers = {k: v[:n] for k, v in trace.layers.items()} if trace.layers else None
-    return Trace(prompt=trace.prompt, tokens=trace.tokens[:n], logprobs=trace.logprobs[:n],
-                 token_ids=cut(trace.token_ids), topk_ids=cut(trace.topk_ids),
-                 topk_tokens=cut(trace.topk_tokens), topk_logprobs=cut(trace.topk_logprobs),
-                 entropy_full=cut(trace.entropy_full), entropy_full_t1=cut(trace.entropy_full_t1),
-                 marker=trace.marker, source_id=trace.source_id, metadata=dict(trace.metadata), layers=layers)
-
-
-def _append_answer(trace, lm, cue_ids: Sequence[int], ans: dict, k: int):
-    """The trace followed by the forced cue (not sampled: no entropy, NaN) and the answer."""
-    from .record import token_pieces
-    from .trace import Trace
-
-    ids = np.concatenate([trace.token_ids, np.asarray(cue_ids, np.int64), np.asarray(ans["ids"], np.int64)])
-    n_cue, n_ans = len(cue_ids), len(ans["ids"])
-    pieces = token_pieces(lm.tokenizer, ids.tolist())
-    nan = np.full(n_cue, np.nan)
-
-    def cat(old, answer):
-        return np.concatenate([old, nan, answer])
-
-    topk_ids = topk_lp = None
-    if k and trace.topk_logprobs is not None:
-        kk = trace.topk_logprobs.shape[1]
-        pad_ids, pad_lp = np.full((n_cue, kk), -1, np.int64), np.full((n_cue, kk), -np.inf)
-        a_ids = ans.get("topk_ids", np.full((n_ans, kk), -1))[:, :kk]
-        a_lp = ans.get("topk_lp", np.full((n_ans, kk), -np.inf))[:, :kk]
-        topk_ids = np.concatenate([trace.topk_ids, pad_ids, a_ids])
-        topk_lp = np.concatenate([trace.topk_logprobs, pad_lp, a_lp])
-    # per-layer arrays stop at the truncation: the forced part has none
-    return Trace(prompt=trace.prompt, tokens=pieces, logprobs=cat(trace.logprobs, ans["logprobs"]),
-                 token_ids=ids, topk_ids=topk_ids, topk_logprobs=topk_lp,
-                 entropy_full=cat(trace.entropy_full, ans["entropy"]),
-                 entropy_full_t1=cat(trace.entropy_full_t1, ans["entropy_t1"]), marker=trace.marker,
-                 source_id=trace.source_id, metadata=dict(trace.metadata), layers=None)
-
-
-def generate_with_stop(lm, prompts, settings, cfg: EarlyStopConfig, seed: int, vocab=None) -> list:
-    """One batch generated with ``cfg``'s rule applied inside ``transformers`` generation.
-
-    A stopped trace is cut after its stop token, then the answer is forced (cue + greedy
-    decoding of ``cfg.answer_tokens``) and appended; metadata['early_stop'] records where it
-    stopped. Traces that end on their own are left as they are.
-    """
-    from .record import build_prompt_ids, generate_batch
-
-    if cfg.estimator not in ("full", "full_t1"):
-        raise EarlyStopError(f"threshold file refused: estimator {cfg.estimator!r} cannot be computed inside "
-                             "generation here (full and full_t1 can); calibrate on a 'full' run")
-    temp = settings.effective_temperature if cfg.estimator == "full" else 1.0
-    stopper = EntropyStopper(cfg.rule, temp)
-    traces = generate_batch(lm, prompts, settings, seed=seed, vocab=vocab,
-                            extra_processors=[stopper.processor], stopping_criteria=[stopper.criterion])
-    stop_at = stopper.stop_at if stopper.stop_at is not None else np.full(len(traces), -1)
-    out, todo = list(traces), []
-    for b, t in enumerate(traces):
-        s = int(stop_at[b])
-        ended_itself = t.metadata.get("stopped") == "eos" and t.n_tokens - 1 <= s  # its EOS came first
-        if s >= 0 and not ended_itself:
-            todo.append(b)
-    if todo:
-        cut = {b: _truncate(traces[b], int(stop_at[b]) + 1) for b in todo}
-        prefixes = [build_prompt_ids(lm, prompts[b].text, settings) + cut[b].token_ids.tolist() for b in todo]
-        cue_ids, answers = force_answers(lm, prefixes, cfg.answer_cue, cfg.answer_tokens, temp, settings.top_k)
-        for b, ans in zip(todo, answers):
-            full = _append_answer(cut[b], lm, cue_ids, ans, settings.top_k)
-            s = int(stop_at[b])
-            full.metadata["stopped"] = "early_stop"
-            full.metadata["early_stop"] = {"stop": s, "tokens_kept": s + 1, "forced_tokens": len(cue_ids) + len(ans["ids"]),
-                                           "budget_left": settings.max_new_tokens - (s + 1), "tau": cfg.rule.tau,
-                                           "mode": cfg.rule.mode}
-            out[b] = full
-    return out
-
-
-def record_run_early_stop(store, lm, prompts, settings, name: str, cfg: EarlyStopConfig,
-                          on_traces: Callable | None = None, progress: Callable[[int, int], None] | None = None,
-                          source: str = "generate"):
-    """Generate and store a run with early stopping (one transaction per batch).
-
-    Returns (RunResult, summary dict). The summary's ``budget_saved`` is the tokens left of
-    ``max_new_tokens`` at each stop: an upper bound on the tokens saved, since how long an
-    unstopped trace would have run is unknown without a baseline run of the same settings.
-    """
-    import time
-
-    from .record import RunResult, VocabText, expand_samples, vocab_for
-
-    cfg.check_compatible(lm.name, cfg.estimator)
-    run_id = store.create_run(name, source, lm.name, {**settings.to_dict(), "n_prompts": len(prompts),
-                                                       "early_stop": json.loads(cfg.to_json())})
-    vocab = VocabText(lm.tokenizer)
-    todo = expand_samples(prompts, settings.samples)
-    n_traces = n_tokens = n_stopped = budget_saved = 0
-    status, t0 = "complete", time.perf_counter()
-    if progress:
-        progress(0, len(todo))
-    try:
-        for start in range(0, len(todo), max(1, settings.batch_size)):
-            chunk = todo[start: start + settings.batch_size]
-            traces = generate_with_stop(lm, chunk, settings, cfg, seed=settings.seed + start, vocab=vocab)
-            if on_traces:
-                on_traces(traces)
-            store.add_traces(run_id, traces, vocab_for(lm, traces, vocab))
-            n_traces += len(traces)
-            n_tokens += sum(t.n_tokens for t in traces)
-            for t in traces:
-                if "early_stop" in t.metadata:
-                    n_stopped += 1
-                    budget_saved += t.metadata["early_stop"]["budget_left"]
-            if progress:
-                progress(start + len(chunk), len(todo))
-    except BaseException:
-        status = "interrupted"
-        raise
-    finally:
-        store.finish_run(run_id, status)
-    summary = {"traces": n_traces, "stopped_early": n_stopped, "tokens": n_tokens, "budget_saved": budget_saved,
-               "budget": n_traces * settings.max_new_tokens}
-    store.merge_settings(run_id, {"early_stop_result": summary})
-    return RunResult(run_id, n_traces, n_tokens, status, time.perf_counter() - t0), summary

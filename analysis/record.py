@@ -14,13 +14,13 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from . import settings as defaults
-from .metrics import entropy_from_logp
+from .metrics import entropy_from_logp, logprob_conditions
 from .models import LoadedModel
 from .trace import Trace
 
@@ -51,7 +51,11 @@ class GenerationSettings:
         return self.temperature if self.do_sample else 1.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.do_sample:  # greedy decoding samples nothing: no sampling temperature or top-p
+            d["temperature"] = d["top_p"] = None
+        # logprobs, top-k and entropies come from all logits, before top-p, at the effective T
+        return {**d, **logprob_conditions(self.effective_temperature, "none")}
 
 
 @dataclass
@@ -180,7 +184,8 @@ class StepRecorder:
 # --------------------------------------------------------------------------- generation
 
 
-def _stop_ids(lm: LoadedModel) -> set[int]:
+def stop_ids(lm: LoadedModel) -> set[int]:
+    """The token ids that end a generation (end of sequence)."""
     ids = set()
     eos = lm.model.generation_config.eos_token_id
     for e in (eos if isinstance(eos, (list, tuple)) else [eos]):
@@ -189,6 +194,30 @@ def _stop_ids(lm: LoadedModel) -> set[int]:
     if lm.tokenizer.eos_token_id is not None:
         ids.add(int(lm.tokenizer.eos_token_id))
     return ids
+
+
+_stop_ids = stop_ids
+
+
+class Stopping(Protocol):
+    """Ends rows of a generation early; ``iter_generate`` and ``record_run`` apply one to every
+    batch (``analysis.stopping.EarlyStop`` is the entropy rule)."""
+
+    def check(self, lm: LoadedModel, settings: GenerationSettings) -> None:
+        """Raise before anything is generated or stored when it cannot apply."""
+
+    def run_settings(self) -> dict:
+        """Stored with the run's settings when it is created."""
+
+    def start(self, settings: GenerationSettings) -> tuple[list, list]:
+        """Fresh (logits processors, stopping criteria) for one ``generate`` call."""
+
+    def finish(self, lm: LoadedModel, prompts: Sequence[Prompt], settings: GenerationSettings,
+               traces: list[Trace]) -> list[Trace]:
+        """The batch's traces after stopping (cut, answered)."""
+
+    def result(self) -> dict:
+        """Merged into the run's settings when the run ends."""
 
 
 @torch.inference_mode()
@@ -220,7 +249,7 @@ def generate_batch(lm: LoadedModel, prompts: Sequence[Prompt], settings: Generat
     rec.finish(seqs)
     arr = rec.arrays()
     new = seqs[:, width:].cpu().numpy()
-    stops = _stop_ids(lm)
+    stops = stop_ids(lm)
     vocab = vocab or VocabText(tok)
     traces = []
     for b, p in enumerate(prompts):
@@ -263,8 +292,10 @@ def expand_samples(prompts: Sequence[Prompt], samples: int) -> list[Prompt]:
 
 
 def iter_generate(lm: LoadedModel, prompts: Sequence[Prompt], settings: GenerationSettings,
-                  progress: ProgressFn | None = None, **kwargs) -> Iterator[list[Trace]]:
-    """Generate every prompt x sample in batches; yield each finished batch of traces."""
+                  progress: ProgressFn | None = None, stopping: Stopping | None = None,
+                  **kwargs) -> Iterator[list[Trace]]:
+    """Generate every prompt x sample in batches; yield each finished batch of traces.
+    ``stopping`` may end rows early (see ``Stopping``)."""
     todo = expand_samples(prompts, settings.samples)
     vocab = VocabText(lm.tokenizer)
     done = 0
@@ -272,7 +303,14 @@ def iter_generate(lm: LoadedModel, prompts: Sequence[Prompt], settings: Generati
         progress(0, len(todo))
     for start in range(0, len(todo), max(1, settings.batch_size)):
         chunk = todo[start : start + settings.batch_size]
-        traces = generate_batch(lm, chunk, settings, seed=settings.seed + start, vocab=vocab, **kwargs)
+        if stopping is None:
+            traces = generate_batch(lm, chunk, settings, seed=settings.seed + start, vocab=vocab, **kwargs)
+        else:
+            processors, criteria = stopping.start(settings)
+            traces = generate_batch(lm, chunk, settings, seed=settings.seed + start, vocab=vocab,
+                                    extra_processors=[*kwargs.pop("extra_processors", ()), *processors],
+                                    stopping_criteria=[*kwargs.pop("stopping_criteria", ()), *criteria], **kwargs)
+            traces = stopping.finish(lm, chunk, settings, traces)
         done += len(chunk)
         yield traces
         if progress:
@@ -466,22 +504,27 @@ class RunResult:
 
 def record_run(store, lm: LoadedModel, prompts: Sequence[Prompt], settings: GenerationSettings,
                name: str, source: str = "generate", progress: ProgressFn | None = None,
-               on_traces: Callable[[list[Trace]], None] | None = None, **kwargs) -> RunResult:
+               on_traces: Callable[[list[Trace]], None] | None = None, stopping: Stopping | None = None,
+               **kwargs) -> RunResult:
     """Generate and store a run, one transaction per batch.
 
     An interruption (KeyboardInterrupt, SIGTERM, or any error) keeps every finished batch and
     marks the run 'interrupted'. ``on_traces`` may modify each batch before it is stored
-    (grading, for instance). A process killed outright leaves the run 'running'; it is shown as
-    interrupted once the process is gone (``Store.runs``).
+    (grading, for instance). ``stopping`` ends rows early (an early-stop rule); its settings
+    and result are stored with the run. A process killed outright leaves the run 'running';
+    it is shown as interrupted once the process is gone (``Store.runs``).
     """
+    if stopping is not None:
+        stopping.check(lm, settings)
     with sigterm_as_interrupt():
-        run_id = store.create_run(name, source, lm.name, {**settings.to_dict(), "n_prompts": len(prompts)})
+        run_id = store.create_run(name, source, lm.name, {**settings.to_dict(), "n_prompts": len(prompts),
+                                                           **(stopping.run_settings() if stopping else {})})
         vocab = VocabText(lm.tokenizer)
         n_traces = n_tokens = 0
         t0 = time.perf_counter()
         status = "complete"
         try:
-            for traces in iter_generate(lm, prompts, settings, progress=progress, **kwargs):
+            for traces in iter_generate(lm, prompts, settings, progress=progress, stopping=stopping, **kwargs):
                 if on_traces:
                     on_traces(traces)
                 store.add_traces(run_id, traces, vocab_for(lm, traces, vocab))
@@ -492,4 +535,6 @@ def record_run(store, lm: LoadedModel, prompts: Sequence[Prompt], settings: Gene
             raise
         finally:
             store.finish_run(run_id, status)
+    if stopping is not None:
+        store.merge_settings(run_id, stopping.result())
     return RunResult(run_id, n_traces, n_tokens, status, time.perf_counter() - t0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import early_stop as es
+from analysis import stopping
 from analysis.early_stop import RunTokens, StopModel, StopRule
 from tests.difficulty_data import graded_traces, make_graded_store
 
@@ -139,13 +140,13 @@ def test_stopper_inside_generation(tiny_lm):
     from analysis.record import GenerationSettings, Prompt, generate_batch
 
     settings = GenerationSettings(max_new_tokens=12, do_sample=False, top_k=0, batch_size=2)
-    stopper = es.EntropyStopper(StopRule("streaming", tau=100.0, k=2, min_tokens=3), settings.effective_temperature)
+    stopper = stopping.EntropyStopper(StopRule("streaming", tau=100.0, k=2, min_tokens=3), settings.effective_temperature)
     traces = generate_batch(tiny_lm, [Prompt("What is 12 + 7?"), Prompt("Tom has 3 apples")], settings, seed=0,
                             extra_processors=[stopper.processor], stopping_criteria=[stopper.criterion])
     # tau above any entropy: every row stops as soon as it may, after min_tokens = 3 tokens
     assert stopper.stop_at.tolist() == [2, 2]
     assert all(t.n_tokens <= 3 for t in traces)
-    never = es.EntropyStopper(StopRule("streaming", tau=-1.0, k=2, min_tokens=3), 1.0)
+    never = stopping.EntropyStopper(StopRule("streaming", tau=-1.0, k=2, min_tokens=3), 1.0)
     generate_batch(tiny_lm, [Prompt("hi")], settings, seed=0, extra_processors=[never.processor],
                    stopping_criteria=[never.criterion])
     assert never.stop_at.tolist() == [-1]
@@ -164,7 +165,7 @@ def test_replay_on_tiny_model_with_progress_and_cancel(tiny_lm, store):
     stops = {int(t): int(s) for t, s in zip(rt.trace_ids, m.stops(100.0)) if s >= 0}
     assert len(stops) == 5
     seen = []
-    batches = list(es.replay(tiny_lm, store, res.run_id, stops, answer_tokens=3, batch_size=2,
+    batches = list(stopping.replay(tiny_lm, store, res.run_id, stops, answer_tokens=3, batch_size=2,
                              progress=lambda d, n: seen.append((d, n))))
     results = [r for b in batches for r in b]
     assert [len(b) for b in batches] == [2, 2, 1] and seen[0] == (0, 5) and seen[-1] == (5, 5)
@@ -175,14 +176,14 @@ def test_replay_on_tiny_model_with_progress_and_cancel(tiny_lm, store):
     # cancel after the first batch: what finished is kept, nothing else runs
     calls = []
     kept = []
-    for b in es.replay(tiny_lm, store, res.run_id, stops, answer_tokens=3, batch_size=2,
+    for b in stopping.replay(tiny_lm, store, res.run_id, stops, answer_tokens=3, batch_size=2,
                        cancelled=lambda: bool(calls)):
         kept.extend(b)
         calls.append(1)
     assert len(kept) == 2
     assert es.replay_accuracy(m, 100.0, kept)["coverage"] == pytest.approx(2 / 5)
     # the forced answer continues the kept tokens after the cue
-    cue_ids, ans = es.force_answers(tiny_lm, [[1, 2, 3]], "\nFinal answer:", 4)
+    cue_ids, ans = stopping.force_answers(tiny_lm, [[1, 2, 3]], "\nFinal answer:", 4)
     assert len(cue_ids) > 0 and len(ans[0]["ids"]) <= 4 and ans[0]["entropy"].shape == (len(ans[0]["ids"]),)
 
 
@@ -207,7 +208,7 @@ def test_record_run_with_early_stop(tiny_lm, store):
                              answer_tokens=3)
     prompts = [Prompt(f"What is {a} + 1?", {"problem_id": f"p{a}", "gold_answer": str(a + 1), "level": 1.0})
                for a in range(4)]
-    res, summary = es.record_run_early_stop(store, tiny_lm, prompts, settings, "es", cfg, on_traces=grade_traces)
+    res, summary = stopping.record_run_early_stop(store, tiny_lm, prompts, settings, "es", cfg, on_traces=grade_traces)
     assert summary["stopped_early"] == 4 and summary["budget_saved"] == 4 * (12 - 3)
     tr = store.query("SELECT trace_id, completion, metadata FROM traces JOIN completions($1) USING (trace_id) WHERE run_id = $1 ORDER BY trace_id",
                      [res.run_id])
@@ -220,7 +221,7 @@ def test_record_run_with_early_stop(tiny_lm, store):
     settings_json = __import__("json").loads(store.runs()["settings"].iloc[0])
     assert settings_json["early_stop"]["tau"] == 100.0 and settings_json["early_stop_result"]["stopped_early"] == 4
     with pytest.raises(es.EarlyStopError, match="calibrated on model 'other'"):
-        es.record_run_early_stop(store, tiny_lm, prompts, settings, "x",
+        stopping.record_run_early_stop(store, tiny_lm, prompts, settings, "x",
                                  es.EarlyStopConfig("other", "full", StopRule()))
 
 
@@ -269,3 +270,110 @@ def test_generate_graded_records_pass_rates(tiny_lm, store, tmp_path, capsys):
     settings_json = [json.loads(x) for x in store.runs()["settings"]]
     assert [r["level"] for r in settings_json[0]["pass_rates"]] == [1.0, 2.0]
     assert settings_json[0]["pass_rates"][0]["n"] == 2 and "early_stop_result" in settings_json[1]
+
+
+# --------------------------------------------------------------------------- one calibration, its signal
+
+
+def test_the_calibration_module_is_numpy_only():
+    import subprocess
+    import sys
+    code = "import sys, analysis.early_stop; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def _rt_by_hand():
+    # trace 0: calm start, busy end; trace 1: busy start, calm end; trace 2: too short to check
+    h0 = [0.1] * 6 + [2.0] * 6
+    h1 = [2.0] * 6 + [0.3] * 6
+    h2 = [0.5] * 3
+    return RunTokens(np.arange(3), [12, 12, 3], np.array(h0 + h1 + h2), np.array([1.0, 0.0, 1.0]),
+                     np.array([-1, -1, -1]))
+
+
+def test_streaming_is_calibrated_on_the_signal_it_applies():
+    rt = _rt_by_hand()
+    rule = StopRule("streaming", 0.0, k=3, min_tokens=4)
+    signal, name = es.rule_signal(rt, rule)
+    # by hand: the lowest mean of 3 consecutive tokens ending at token 4 (index 3) or later
+    def lowest(h):
+        return min(np.mean(h[t - 2: t + 1]) for t in range(3, len(h)))
+    assert signal[0] == pytest.approx(lowest(rt.trace_entropy(0))) == pytest.approx(0.1)
+    assert signal[1] == pytest.approx(0.3) and np.isnan(signal[2])
+    assert "lowest running mean of 3 tokens" in name
+    # not the whole-trace mean the calibration used before
+    assert signal[0] != pytest.approx(rt.trace_entropy(0).mean())
+    # a trace stops at tau exactly when its signal is <= tau
+    m = StopModel(rt, rule)
+    for tau in (0.05, 0.1, 0.2, 0.3, 1.0):
+        assert ((m.stops(tau) >= 0) == (np.nan_to_num(signal, nan=np.inf) <= tau)).all()
+    cal = es.calibrate(rt, rule, n_calib=3)
+    assert cal.calib.all() and not cal.held.any() and cal.signal_name == name
+    # tau_mean is the correct traces' mean signal (trace 2 has none)
+    assert cal.thresholds.tau_mean == pytest.approx(0.1) and cal.thresholds.n_correct == 1
+    gate, gname = es.rule_signal(rt, StopRule("gate", 0.0, budget=4))
+    assert gate.tolist() == pytest.approx([0.1, 2.0, 0.5]) and "first 4 tokens" in gname
+
+
+def test_a_reversed_signal_is_said(tmp_path, capsys):
+    from analysis.cli import main
+
+    th = es.thresholds(np.array([1.0, 1.2, 0.5, 0.6]), np.array([True, True, False, False]))
+    assert th.cohens_d < 0 and th.tau_info > th.tau_mean
+    note = es.reversed_signal_note(th)
+    assert note.startswith(f"Cohen's d is {th.cohens_d:.2f}: the wrong answers have lower entropy")
+    assert "reversed signal" in note and es.reversed_signal_note(es.thresholds(np.array([0.5, 1.0]),
+                                                                               np.array([True, False]))) is None
+    store = _reversed_store(tmp_path)
+    rid = 1
+    out_file = tmp_path / "stop.json"
+    assert main(["--store", str(store.path), "calibrate", str(rid), "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: Cohen's d is -" in out and "reversed signal" in out
+    cfg = es.load_config(out_file)
+    assert cfg.calibration["cohens_d"] < 0 and cfg.calibration["n_calib"] == 4  # a quarter of 16
+    assert cfg.temperature == 0.7 and "lowest running mean" in cfg.calibration["signal"]
+
+
+def _reversed_store(tmp_path):
+    """A run whose wrong answers are calmer than its right ones."""
+    from analysis.store import Store
+    from analysis.trace import Trace
+
+    store = Store(tmp_path / "rev.duckdb")
+    rid = store.create_run("reversed", "test", "tiny-llama", {"temperature": 0.7, "do_sample": True})
+    rng = np.random.default_rng(0)
+    traces = []
+    for i in range(16):
+        ok = i % 2 == 0
+        h = (1.5 if ok else 0.5) + 0.1 * rng.random(40)
+        traces.append(Trace("q", [f" w{j}" for j in range(40)], np.zeros(40), token_ids=np.arange(40),
+                            entropy_full=h, metadata={"problem_id": f"p{i}", "gold_answer": "1", "correct": ok}))
+    store.add_traces(rid, traces)
+    store.finish_run(rid)
+    return store
+
+
+def test_the_page_and_the_cli_calibrate_alike(tmp_path, capsys):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from analysis.cli import main
+
+    store = _reversed_store(tmp_path)
+    page = Path(__file__).resolve().parent.parent / "dashboard" / "views" / "early_stop.py"
+    at = AppTest.from_file(str(page), default_timeout=60)
+    at.session_state["store.path"] = str(store.path)
+    at.run()
+    assert not at.exception
+    for mode in ("gate", "streaming"):
+        at.radio(key="early_stop.mode").set_value(mode).run()
+        assert not at.exception
+        shown = {m.label: m.value for m in at.metric}
+        assert any("reversed signal" in w.value for w in at.warning)
+        out_file = tmp_path / f"{mode}.json"
+        assert main(["--store", str(store.path), "calibrate", "1", "--out", str(out_file), "--mode", mode]) == 0
+        cal = es.load_config(out_file).calibration
+        assert shown["τ_mean"] == f"{cal['tau_mean']:.3f} nats" and shown["τ_info"] == f"{cal['tau_info']:.3f} nats"
+        assert shown["Cohen's d"] == f"{cal['cohens_d']:.2f}"

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis import early_stop as es
+from analysis import stopping
 from analysis import metrics
 from analysis.errors import ThinkscopeError
 from analysis.store import Store, json_settings
@@ -27,19 +28,16 @@ def load_tokens(path: str, version: int, run_id: int, estimator: str) -> es.RunT
 @st.cache_resource(show_spinner=False, max_entries=16)
 def build_models(path: str, version: int, run_id: int, estimator: str, mode: str, k: int, min_tokens: int,
                  budget: int, n_calib: int, seed: int) -> dict:
-    """StopModels for the calibration split, the held-out split and all graded traces."""
+    """The calibration (es.calibrate, as `thinkscope calibrate`) and StopModels for the
+    calibration split, the held-out split and all graded traces."""
     rt = load_tokens(path, version, run_id, estimator)
-    graded = ~np.isnan(rt.correct)
-    g_idx = np.flatnonzero(graded)
-    calib = np.zeros(rt.n, bool)
-    calib[g_idx[es.calibration_split(g_idx.size, min(n_calib, g_idx.size), seed)]] = True
-    held = graded & ~calib
     rule = es.StopRule(mode, 0.0, k, min_tokens, budget)
-    out = {"all": es.StopModel(rt.subset(graded), rule), "calib_mask": calib, "held_mask": held}
-    if calib.any():
-        out["calibration"] = es.StopModel(rt.subset(calib), rule)
-    if held.any():
-        out["held-out"] = es.StopModel(rt.subset(held), rule)
+    cal = es.calibrate(rt, rule, n_calib, seed)
+    out = {"all": es.StopModel(rt.subset(~np.isnan(rt.correct)), rule), "calibrated": cal}
+    if cal.calib.any():
+        out["calibration"] = es.StopModel(rt.subset(cal.calib), rule)
+    if cal.held.any():
+        out["held-out"] = es.StopModel(rt.subset(cal.held), rule)
     return out
 
 
@@ -112,7 +110,7 @@ else:
 
 c5, c6 = st.columns([2, 1])
 n_calib = int(c5.slider("Labelled traces for calibration (the rest is held out)", 1, n_graded,
-                        min(max(2, n_graded // 4), n_graded), key="early_stop.n_calib"))
+                        es.default_n_calib(n_graded), key="early_stop.n_calib"))
 seed = int(c6.number_input("Split seed", 0, 10_000, 0, key="early_stop.seed"))
 
 try:
@@ -127,19 +125,11 @@ if n_ungraded:
                "calibration and curves.")
 
 # ---------------------------------------------------------------- calibration
-rt_all = load_tokens(str(s.path), s.version(), int(run_id), estimator)
-calib_mask = models["calib_mask"]
-if mode == "gate":
-    signal_all = es.prefix_entropy(rt_all, budget)
-    signal_name = f"mean entropy of the first {budget} tokens"
-else:
-    signal_all = es.prefix_entropy(rt_all, int(rt_all.lengths.max()) + 1)
-    signal_name = "sequence entropy (whole trace)"
-try:
-    th = es.thresholds(signal_all[calib_mask], rt_all.correct[calib_mask])
-except ThinkscopeError as e:
-    th = None
-    st.warning(md(e))
+cal = models["calibrated"]
+rt_all, calib_mask, signal_all, signal_name = cal.rt, cal.calib, cal.signal, cal.signal_name
+th = cal.thresholds
+if th is None:
+    st.warning(md(cal.problem))
 
 marks = {} if th is None else {"τ_mean": th.tau_mean, "τ_info": th.tau_info}
 m1, m2, m3, m4 = st.columns(4)
@@ -152,7 +142,9 @@ m3.metric("Cohen's d", "n/a" if th is None or math.isnan(th.cohens_d) else f"{th
                "wrong on this model, and no threshold will save tokens for free.")
 m4.metric("calibration: correct / incorrect", "n/a" if th is None else f"{th.n_correct} / {th.n_incorrect}")
 st.caption(f"τ_mean and τ_info are computed on the {signal_name} of the labelled calibration traces, "
-           "labelled by whether the full trace was graded correct.")
+           "labelled by whether the full trace was graded correct: the value the rule compares with τ.")
+if cal.note():
+    st.warning(md(cal.note()))
 
 # ---------------------------------------------------------------- threshold slider
 lo, hi = es.tau_range(models["all"])
@@ -201,7 +193,8 @@ st.caption("**How accuracy is estimated here:** a trace that does not stop keeps
            "appears in the text before the stop. This is an estimate, not a measurement: the model might "
            "answer differently when forced. Replay (below) measures it.")
 with st.expander("Calibration traces: signal by correctness"):
-    st.plotly_chart(charts.calibration_figure(signal_all[calib_mask], rt_all.correct[calib_mask] > 0.5, marks,
+    shown = calib_mask & ~np.isnan(signal_all)  # a trace too short for the rule has no signal
+    st.plotly_chart(charts.calibration_figure(signal_all[shown], rt_all.correct[shown] > 0.5, marks,
                                               unit, estimator, signal_name), width="stretch",
                     key="early_stop.calibration")
 
@@ -237,6 +230,8 @@ why_not = None if has_ids else "the run has no token ids (an uploaded text run)"
 why_not = why_not or model_available(model_name)
 stop_map = {int(t): int(p) for t, p in zip(m_all.rt.trace_ids, stops_all) if p >= 0}
 settings = json_settings(runs.loc[runs.run_id == run_id, "settings"].iloc[0])
+st.caption(f"This run's entropies: {metrics.conditions_text(estimator, settings)}; a threshold file applies "
+           "only at the temperature it was calibrated at.")
 cue = st.text_input("Answer cue appended at the stop", es.DEFAULT_CUE.strip(), key="early_stop.cue")
 answer_tokens = int(st.number_input("Answer tokens to decode", 1, 64, 12, key="early_stop.answer_tokens"))
 replay_key = ("early_stop.replay", int(run_id), estimator, mode, k, min_tokens, budget, round(tau, 9), cue,
@@ -260,7 +255,7 @@ else:
         st.button("Cancel replay", key="early_stop.replay_cancel")
         lm = replay_model(model_name)
         bar = st.progress(0.0, text="replaying ...")
-        for batch in es.replay(lm, s, int(run_id), todo, "\n" + cue.strip() if cue.strip() else "", answer_tokens,
+        for batch in stopping.replay(lm, s, int(run_id), todo, "\n" + cue.strip() if cue.strip() else "", answer_tokens,
                                progress=lambda d, n: bar.progress(d / max(n, 1), text=f"replayed {d} of {n}")):
             done.extend(batch)  # kept in session state as each batch finishes
     if done:
@@ -277,14 +272,8 @@ else:
 
 # ---------------------------------------------------------------- export / import
 st.subheader("Export or load a threshold")
-cfg = es.EarlyStopConfig(model=model_name or "unknown", estimator=estimator,
-                         rule=es.StopRule(mode, float(tau), k, min_tokens, budget),
-                         answer_cue="\n" + cue.strip() if cue.strip() else "", answer_tokens=answer_tokens,
-                         temperature=settings.get("temperature"),
-                         calibration={} if th is None else {"tau_mean": th.tau_mean, "tau_info": th.tau_info,
-                                                            "cohens_d": th.cohens_d, "n_calib": n_calib,
-                                                            "seed": seed, "signal": signal_name},
-                         source_run=int(run_id))
+cfg = es.threshold_config(cal, tau, model_name, settings, int(run_id), "\n" + cue.strip() if cue.strip() else "",
+                          answer_tokens)
 x1, x2 = st.columns(2)
 x1.download_button("Download settings (JSON)", cfg.to_json(), file_name=f"early_stop_run{run_id}.json",
                    mime="application/json", key="early_stop.download",
@@ -293,9 +282,12 @@ up = x2.file_uploader("Load a threshold file", type=["json"], key="early_stop.up
 if up is not None:
     try:
         loaded = es.EarlyStopConfig.from_json(up.getvalue().decode("utf-8", "replace"), up.name)
-        loaded.check_compatible(model_name or "unknown", estimator)
+        warning = loaded.check_compatible(model_name or "unknown", estimator,
+                                          metrics.estimator_temperature(estimator, settings))
     except ThinkscopeError as e:
         st.error(md(e))
     else:
+        if warning:
+            st.warning(md(warning))
         st.success(f"{md(up.name)}: τ = {loaded.rule.tau * scale:.3f} {unit} ({loaded.rule.mode}).")
         st.button("Apply its τ", on_click=_set_tau, args=(loaded.rule.tau,), key="early_stop.apply")
