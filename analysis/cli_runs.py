@@ -16,7 +16,7 @@ import json
 import sys
 
 from .errors import ThinkscopeError
-from .metrics import UNITS
+from .metrics import UNITS, conditions_text, logprobs_text
 
 FORMATS = ("table", "csv", "jsonl")
 
@@ -65,6 +65,7 @@ def cmd_show(args) -> int:
     r = run_info(_store(args), args.run_id)
     echo(f"run {r.run_id} '{r.name}': {r.n_traces} traces, {r.n_tokens} tokens, status {r.status}, "
          f"source {r.source or '-'}, model {r.model or '-'}")
+    echo(logprobs_text(r.settings))
     echo(json.dumps(r.settings, indent=2, ensure_ascii=False, default=str))
     return 0
 
@@ -119,12 +120,15 @@ def cmd_forks(args) -> int:
     elif args.method == "fixed":
         value = value / s  # tau given in the unit shown; thresholds are in nats
     settings = ForkSettings(args.estimator, args.window, args.method, float(value), read_lexicon(args.lexicon))
-    f = trace_forks(_store(args), args.run_id, args.trace_id, settings)
+    from .runs import run_info
+    store = _store(args)
+    f = trace_forks(store, args.run_id, args.trace_id, settings)
     how = {"percentile": f"the trace's {value:g}th percentile", "corpus": f"the run's top {value:g}%",
            "fixed": "a fixed value"}[args.method]
     lex = "" if settings.lexicon is None else f"; lexicon tokens only ({f.reaching} positions reach tau)"
     print(f"{len(f.table)} forking points of {f.n_tokens} tokens: window entropy (mean {args.unit} of the next "
-          f"{args.window} tokens, estimator {args.estimator}) >= tau = {f.tau * s:.4f} {args.unit} ({how}{lex})",
+          f"{args.window} tokens, estimator {args.estimator}) >= tau = {f.tau * s:.4f} {args.unit} ({how}{lex})\n"
+          f"entropies: {conditions_text(args.estimator, run_info(store, args.run_id).settings)}",
           file=sys.stderr if args.format != "table" else sys.stdout)
     t = f.table.rename(columns={"window_entropy": f"window_entropy_{args.unit}",
                                 "token_entropy": f"token_entropy_{args.unit}"})

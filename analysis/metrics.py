@@ -438,3 +438,22 @@ def conditions_text(estimator: str, settings: dict | None) -> str:
         trunc = "none"  # all logits; a generated run's top-k come from them too
     cut = {"none": "no top-p/top-k truncation", UNKNOWN: "truncation unknown"}.get(trunc, f"after {trunc} truncation")
     return f"{estimator} at {temperature_text(estimator_temperature(estimator, s))}, {cut}"
+
+
+#: sources whose logprobs are at T = 1 over all logits whatever the sampling temperature:
+#: llama.cpp (``n_probs`` is the softmax of the raw logits; llama-cpp-python's server likewise)
+#: and vLLM in its default ``--logprobs-mode raw_logprobs``
+RAW_LOGPROB_SOURCES = ("llamacpp", "llama-server", "llama-cpp-python", "vllm")
+
+
+def source_logprob_conditions(source: str) -> dict:
+    """The run-settings entries for logprobs read from ``source`` (a format or server kind)."""
+    return logprob_conditions(1.0, "none") if source in RAW_LOGPROB_SOURCES else logprob_conditions(None, None)
+
+
+def logprobs_text(settings: dict | None) -> str:
+    """One line for a run: the temperature and truncation of its logprobs and estimators."""
+    s = settings or {}
+    cut = conditions_text("topk_renorm", s).split(", ", 1)[1]
+    return (f"logprobs, top-k estimators and full at {temperature_text(logprob_temperature(s))} ({cut}); "
+            f"full_t1 at T = 1")

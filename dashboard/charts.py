@@ -60,12 +60,13 @@ def downsample_minmax(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np
 
 def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarray, tau: float | None,
                   forks: np.ndarray, unit: str, estimator: str, w: int, boundary: int | None = None,
-                  max_points: int = 20000) -> go.Figure:
+                  max_points: int = 20000, conditions: str | None = None) -> go.Figure:
     """Single-token and window entropy along a trace, forking points and threshold marked.
 
     ``labels`` are the tokens as plotly-safe labels (escaped, whitespace visible). One hover
     per position shows the token, its entropy and the window entropy, each with unit and
-    estimator. WebGL traces (Scattergl) keep an 8,000-token trace smooth; beyond
+    estimator, and ``conditions`` (the temperature and truncation the values were taken at,
+    ``metrics.conditions_text``) where given. WebGL traces (Scattergl) keep an 8,000-token trace smooth; beyond
     ``max_points`` the curves are min/max downsampled so that peaks survive. The threshold
     and the boundary are layout shapes (plotly's add_hline costs more than the curves).
     """
@@ -74,11 +75,12 @@ def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
     fig = go.Figure()
     hover = np.asarray(labels, dtype=object)
     est = chart(estimator)
+    at = f"<br>{chart(conditions)}" if conditions else ""
     xs, ys = downsample_minmax(x, np.asarray(token_h, float), max_points)
     fig.add_trace(go.Scattergl(
         x=xs, y=ys, mode="lines", name="token entropy", line=dict(color="#a78bfa", width=1),
         customdata=hover[xs] if n else None,
-        hovertemplate=f"token %{{customdata}}<br>H = %{{y:.3f}} {unit} ({est})<extra></extra>"))
+        hovertemplate=f"token %{{customdata}}<br>H = %{{y:.3f}} {unit} ({est}){at}<extra></extra>"))
     xw, yw = downsample_minmax(x, np.asarray(window_h, float), max_points)
     fig.add_trace(go.Scattergl(
         x=xw, y=yw, mode="lines", name=f"window entropy (next {w} tokens)",

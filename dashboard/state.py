@@ -48,6 +48,11 @@ def traces(path: str, version: int, run_id: int) -> pd.DataFrame:
     return Store(path).traces(run_id)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_settings(path: str, version: int, run_id: int) -> dict:
+    return Store(path).run_settings(run_id)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def tokens(path: str, version: int, trace_id: int) -> pd.DataFrame:
     return Store(path).tokens(trace_id)

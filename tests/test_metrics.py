@@ -415,3 +415,14 @@ def test_values_carry_their_temperature():
     assert token_entropy(torch.zeros(1, 4), 0.7).temperature == "T = 0.7"
     assert topk_entropy(np.log([[0.5, 0.5]])).temperature == "T unknown"
     assert metrics.temperature_text(1.0) == "T = 1" and metrics.temperature_text("unknown") == "T unknown"
+
+
+def test_stopping_rule_entropy_is_the_metric():
+    """The entropy the early-stop rule reads inside generation is metrics' full entropy."""
+    from analysis.early_stop import StopRule
+    from analysis.stopping import EntropyStopper
+
+    z = _hard_logits(2)
+    stopper = EntropyStopper(StopRule("streaming", 0.5, 2, 1), 0.7)
+    stopper.processor(torch.zeros((z.shape[0], 1), dtype=torch.long), z)
+    assert torch.equal(stopper.h[-1], entropy_from_logits(z, 0.7))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import IngestError
-from ..metrics import SENTINEL_LOGPROB
+from ..metrics import SENTINEL_LOGPROB, logprob_conditions, source_logprob_conditions
 from ..settings import THINK_MARKER
 from ..trace import Trace
 
@@ -951,3 +951,14 @@ class Context:
     fast_used: bool = False                                # the columnar reader was tried
     fast_records: int = 0                                  # records it read
     progress: Callable[[int, int], None] | None = None
+    #: (temperature or None, truncation or None) of the logprobs read, as the readers learn it
+    logprobs_at: set = field(default_factory=set)
+
+    def logprob_settings(self, fmt: str) -> dict:
+        """The run-settings entries for this file's logprobs: what its readers saw when they saw
+        one kind, what the format always gives otherwise (llama.cpp: T = 1), else unknown."""
+        if len(self.logprobs_at) == 1:
+            return logprob_conditions(*next(iter(self.logprobs_at)))
+        if self.logprobs_at:
+            return logprob_conditions(None, "mixed in this file")
+        return source_logprob_conditions(fmt)

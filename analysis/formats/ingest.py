@@ -365,7 +365,7 @@ def _ingest(store: Store, path: Path, name: str, d: Detection, dups: _Duplicates
             run = dict(name=run_name or info.get("name") or path.stem, source=info.get("source") or "import",
                        model=model or info.get("model"), settings=info.get("settings") or {})
         else:
-            settings = {"file": name, "format": d.format, "bytes": size, "marker": marker}
+            settings = {"file": name, "format": d.format, "bytes": size, "marker": marker, **ctx.logprob_settings(d.format)}
             if field_map:
                 settings["field_map"] = field_map
             if pr.warnings:

@@ -87,17 +87,22 @@ def parse(obj: Any, ctx: Context) -> Trace:
         raise Skip
     first = entries[0] if entries and isinstance(entries[0], dict) else {}
     meta_extra = {}
+    gs = obj.get("generation_settings")
     if "probs" in first or ("content" in first and "token" not in first):
         t = _read_old(entries, pr)
         meta_extra["probabilities"] = "old llama.cpp probs (linear)"
+        ctx.logprobs_at.add((None, None))
     elif "top_probs" in first or "prob" in first:
         t = read_tokens(entries, "completion_probabilities", pr, POST_SAMPLING)
         meta_extra["probabilities"] = "post-sampling (truncated by the samplers)"
+        temp = gs.get("temperature") if isinstance(gs, dict) else None
+        ctx.logprobs_at.add((temp if isinstance(temp, (int, float)) and not isinstance(temp, bool) and temp > 0
+                             else None, "llama.cpp sampler chain"))
     else:
         t = read_tokens(entries, "completion_probabilities", pr, CURRENT)
+        ctx.logprobs_at.add((1.0, "none"))  # n_probs: the softmax of the raw logits
     t = repair(t)
     fields = flat_fields(obj, _SKIP_FIELDS)
-    gs = obj.get("generation_settings")
     if isinstance(gs, dict):
         fields.update({f"request.{k}": v for k, v in gs.items() if isinstance(v, (int, float, str, bool))})
     meta = {**map_metadata(fields, ctx.field_map), **meta_extra}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..formats.base import Context, Problems, guarded
+from ..metrics import source_logprob_conditions
 from ..record import GenerationSettings, Prompt, sigterm_as_interrupt
 from ..trace import Trace
 from .http import ServerError
@@ -321,7 +322,7 @@ def run_settings(server: Server, settings: GenerationSettings, prompts: Sequence
                  api_key_env: str | None) -> dict:
     """What a server run stores in its settings: enough to resume it (never the API key itself,
     only the name of the variable that holds it)."""
-    return {**settings.to_dict(), "backend": "server", "server": server.describe(),
+    return {**settings.to_dict(), **source_logprob_conditions(server.kind), "backend": "server", "server": server.describe(),
             "api_key_env": api_key_env, "concurrency": int(concurrency), "n_prompts": len(prompts),
             "prompts": prompts_setting(prompts)}
 

@@ -126,6 +126,9 @@ axis_title = "problem level" if axis == "level" else "pass-rate bucket (easy →
 fig = charts.u_shape_figure(summary, {r: labels.get(r, f"run {r}") for r in run_ids}, unit, estimator, phase,
                             axis_title)
 st.plotly_chart(fig, width="stretch", key="difficulty.figure")
+st.caption(md("Entropies taken at: " + "; ".join(
+    f"{labels.get(r, f'run {r}')}: {metrics.conditions_text(estimator, state.cached(state.run_settings, int(r)))}"
+    for r in run_ids) + ". Runs at different temperatures are not on one entropy scale."))
 
 bins_all = summary.sort_values("bin_order")["bin"].drop_duplicates().tolist()
 cols = st.columns(len(run_ids))

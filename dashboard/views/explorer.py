@@ -72,11 +72,13 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
     m[4].metric("Forking points", f"{len(forks)}",
                 help=(f"window entropy (next {w} tokens, {unit}, {estimator}) ≥ τ = {tau_shown:.3f} {unit}"
                       if tau_shown is not None else "no threshold: no finite window entropy"))
-    st.caption(f"Entropies in {unit}, estimator {estimator}: {metrics.ESTIMATORS[estimator]}.")
+    conditions = metrics.conditions_text(estimator, state.cached(state.run_settings, int(run_id)))
+    st.caption(f"Entropies in {unit}, estimator {estimator}: {metrics.ESTIMATORS[estimator]}; "
+               f"{conditions}.")
 
     # ------------------------------------------------------------ curve
     fig = charts.entropy_curve(tt.labels, state.convert(h, unit), state.convert(win, unit), tau_shown,
-                               forks, unit, estimator, w, boundary)
+                               forks, unit, estimator, w, boundary, conditions=conditions)
     st.plotly_chart(fig, width="stretch", key="explorer.curve")
     if boundary < n:
         st.caption(f"Thinking: tokens 0–{boundary - 1}; answer: tokens {boundary}–{n - 1} "
