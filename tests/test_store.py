@@ -17,7 +17,8 @@ import pytest
 
 from analysis import metrics
 from analysis.store import batch as store_mod
-from analysis.store import LOCAL_ID_BASE, SCHEMA, SCHEMA_VERSION, Store, StoreError
+from analysis.store import (LOCAL_ID_BASE, RUN_TRACE_FIELDS, SCHEMA, SCHEMA_VERSION, DuplicateContent, Store,
+                            StoreError)
 from analysis.trace import Trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,6 +317,54 @@ def test_delete_run_removes_everything_of_that_run_only(store):
                               "(SELECT trace_id FROM traces)")["n"].item()
         assert orphans == 0, table
     assert set(store.query("SELECT DISTINCT run_id FROM vocab")["run_id"]) == {keep}
+
+
+def test_the_verbs_of_export_grading_early_stopping_and_the_pages_read_what_was_written(store):
+    graded = [make_trace(6, seed=1, correct=True, gold_answer="7"), make_trace(5, seed=2, correct=False),
+              make_trace(0, seed=3)]
+    first = store.create_run("graded", "test", settings={"temperature": 0.7})
+    ids = store.add_traces(first, graded, vocab_for(graded[:2]))
+    other = store.create_run("ungraded", "test")
+    [lone] = store.add_traces(other, [make_trace(3, seed=4)], vocab_for([make_trace(3, seed=4)]))
+    assert store.run(first)["name"] == "graded"
+    with pytest.raises(StoreError, match="no run with id 99"):
+        store.run(99)
+    assert store.run_settings(first) == {"temperature": 0.7} and store.run_settings(99) is None
+    assert (store.trace_run(ids[1]), store.trace_run(lone), store.trace_run(10**9)) == (first, other, None)
+    assert store.graded_counts() == {first: 2, other: 0}
+
+    done = store.completions(first)
+    assert done["trace_id"].tolist() == ids
+    assert done["completion"].tolist() == ["".join(t.tokens) for t in graded]
+    assert done["correct"].tolist()[:2] == [True, False] and done["gold_answer"].iloc[0] == "7"
+    ent = store.run_token_entropies(first, "full")
+    np.testing.assert_allclose(ent["h"], np.concatenate([t.entropy_full for t in graded[:2]]), rtol=1e-6)
+    assert ent["len"].tolist() == [len(x) for t in graded for x in t.tokens]
+    assert sorted(store.prompts([ids[1], ids[0]])["prompt"]) == ["prompt 1", "prompt 2"]
+    tok = store.token_ids([ids[0]])
+    assert tok["pos"].tolist() == list(range(6)) and tok["token_id"].tolist() == graded[0].token_ids.tolist()
+
+    rows = store.run_token_rows(first)
+    assert len(rows) == 11 and list(rows.columns[:len(RUN_TRACE_FIELDS)]) == list(RUN_TRACE_FIELDS)
+    assert rows["trace_idx"].tolist() == [0] * 6 + [1] * 5 and rows["pos"].tolist() == [*range(6), *range(5)]
+    assert store.run_empty_traces(first)["trace_idx"].tolist() == [2]
+    assert store.run_vocab(first) == vocab_for(graded[:2])
+    assert store.run_layer_rows(first).empty
+    best = store.best_trace_stats()
+    assert set(best["trace_id"]) >= {*ids[:2], lone}
+    assert (best.merge(store.traces(first), on="trace_id")["estimator_x"] == "full").all()
+
+
+def test_importing_a_staged_run_with_a_stored_hash_is_refused_and_stores_nothing(store):
+    run = store.create_run("imported", "upload:x", content_hash="ab" * 32, status="complete")
+    before = store.counts()
+    limit = store.query("SELECT current_setting('memory_limit') AS m")["m"].item()
+    with pytest.raises(DuplicateContent) as e:
+        store.import_staged(iter([]), {"name": "again", "source": "upload:x", "model": None, "settings": {}},
+                            "ab" * 32, 0, 0, memory_limit="64MB")
+    assert int(e.value.run["run_id"]) == run
+    assert store.counts() == before
+    assert store.query("SELECT current_setting('memory_limit') AS m")["m"].item() == limit  # restored
 
 
 # --------------------------------------------------------------------------- one definition

@@ -86,12 +86,13 @@ class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
         ``tables`` yields (table name, rows) as ``build_batch`` made them for a run of id 1 with
         trace ids from 1: they are moved past the store's ids as they are inserted. ``run`` has
         name, source, model and settings. ``memory_limit`` caps DuckDB's memory for the
-        transaction (the engine is shared by the process, so the setting is restored after).
+        transaction; the engine is the process's own and nothing else sets its limit, so it is
+        reset to the default after (setting back the rounded text DuckDB shows, '18.8 GiB',
+        lowered the limit by a step at every import).
         A run with the same content hash, found in the transaction or by the store's unique
         index on hashes, raises DuplicateContent and nothing is stored."""
         try:
             with self.connect() as con:
-                limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
                 if memory_limit is not None:
                     con.execute(f"SET memory_limit = '{memory_limit}'")
                 try:
@@ -112,7 +113,8 @@ class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
                         con.execute("ROLLBACK")
                     raise
                 finally:
-                    con.execute(f"SET memory_limit = '{limit}'")
+                    if memory_limit is not None:
+                        con.execute("RESET memory_limit")
         except duckdb.ConstraintException:
             dup = self.find_run_by_hash(content_hash) if content_hash else None
             if dup is None or dup.empty:
