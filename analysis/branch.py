@@ -28,17 +28,13 @@ import torch
 
 from . import branch_stats as bs
 from . import metrics
-from .errors import ThinkscopeError
+from .errors import BranchError
 from .grading import GradingRule, grade
 from .models import LoadedModel
 from .record import GenerationSettings, StepRecorder, VocabText, build_prompt_ids, token_pieces, vocab_for
 from .trace import Trace
 
 KINDS = ("original", "alternative", "fresh")
-
-
-class BranchError(ThinkscopeError, ValueError):
-    """A branching request that cannot be served (no such trace or position, no token ids)."""
 
 
 @dataclass

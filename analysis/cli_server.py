@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .cli_common import echo, open_store, progress_bar as _progress_bar
 from .errors import ThinkscopeError
+from .settings import THINK_MARKER
 from .server.servers import connect
 
 
@@ -222,6 +223,6 @@ def register(sub) -> None:
     s.add_argument("--concurrency", type=int, default=4)
     s.add_argument("--request-timeout", type=float, default=600.0)
     s.add_argument("--retries", type=int, default=4)
-    s.add_argument("--marker", default="</think>", help="end-of-thinking marker for the phase split")
+    s.add_argument("--marker", default=THINK_MARKER, help="end-of-thinking marker for the phase split")
     s.add_argument("--run-name")
     s.set_defaults(func=cmd_score)

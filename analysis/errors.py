@@ -83,3 +83,16 @@ class SignalError(ThinkscopeError, ValueError):
 
 class CompareError(ThinkscopeError, ValueError):
     """A comparison the runs cannot give (no shared text, no checkpoint steps, ...)."""
+
+
+class BranchError(ThinkscopeError, ValueError):
+    """A branching request that cannot be served (no such trace or position, no token ids)."""
+
+
+class ServerError(ThinkscopeError):
+    """A request that failed for good; the message names the request and the reason."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "", request: str = "",
+                 timeout: bool = False):
+        super().__init__(message)
+        self.status, self.body, self.request, self.timeout = status, body, request, timeout

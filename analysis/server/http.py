@@ -21,19 +21,10 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..errors import ThinkscopeError
+from ..errors import ServerError
 
 #: statuses worth another try: rate limits and the server's own faults
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-
-
-class ServerError(ThinkscopeError):
-    """A request that failed for good; the message names the request and the reason."""
-
-    def __init__(self, message: str, status: int | None = None, body: str = "", request: str = "",
-                 timeout: bool = False):
-        super().__init__(message)
-        self.status, self.body, self.request, self.timeout = status, body, request, timeout
 
 
 class NoAnswer(ConnectionError):

@@ -16,6 +16,7 @@ import concurrent.futures as cf
 from typing import Callable, Iterable, Iterator
 
 from ..formats.base import Context, Problems, guarded
+from ..settings import THINK_MARKER
 from ..trace import Trace
 from .http import ServerError
 from .servers import NO_TEACHER_FORCING, TEACHER_FORCING, Server
@@ -32,7 +33,7 @@ def check_scoring(server: Server) -> str:
     return how
 
 
-def score_text(server: Server, prompt: str, completion: str, *, marker: str = "</think>",
+def score_text(server: Server, prompt: str, completion: str, *, marker: str = THINK_MARKER,
                metadata: dict | None = None, label: str = "", vocab: dict | None = None) -> Trace:
     """The trace of ``completion`` after ``prompt`` as the served model scores it (top-k
     logprobs at T = 1; the first scored token is the completion's first)."""

@@ -7,6 +7,7 @@ import streamlit as st
 
 from analysis import compare as cmp
 from analysis import metrics
+from analysis.errors import ThinkscopeError
 from analysis.store import Store, json_settings
 from dashboard import charts_signals as charts
 from dashboard import state
@@ -55,7 +56,7 @@ with tab_tokens:
     for rid in shown:
         try:
             profiles[rid] = state.cached(load_profile, rid)
-        except cmp.CompareError as e:
+        except ThinkscopeError as e:
             st.info(md(e))
     if profiles:
         est = next(iter(profiles.values())).estimator
@@ -120,7 +121,7 @@ with tab_models:
     else:
         try:
             c = state.cached(load_positions, a, b)
-        except cmp.CompareError as e:
+        except ThinkscopeError as e:
             st.info(md(e))
         else:
             names = (labels[a], labels[b])
@@ -169,7 +170,7 @@ with tab_steps:
                 st.rerun()
     try:
         s = state.cached(load_series)
-    except cmp.CompareError as e:
+    except ThinkscopeError as e:
         st.info(md(e))
     else:
         for n in s.notes:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from analysis import run_signals as rsm
 from analysis import signals as sig
+from analysis.errors import ThinkscopeError
 from analysis.store import Store
 from dashboard import charts_signals as charts
 from dashboard import state
@@ -60,7 +61,7 @@ seed = int(c2.number_input("Seed", 0, 10_000, 0, key="signals.seed"))
 try:
     rs = state.cached(load_signals, int(run_id))
     ev = state.cached(evaluate, int(run_id), resamples, seed)
-except sig.SignalError as e:
+except ThinkscopeError as e:
     st.info(md(e))
     st.stop()
 
@@ -118,7 +119,7 @@ fraction = k2.slider("Share of problems in the calibration split", 0.2, 0.8, 0.5
 if target is not None:
     try:
         cal = rsm.calibrate_signal(rs, target, fraction, seed)
-    except sig.SignalError as e:
+    except ThinkscopeError as e:
         st.info(md(e))
     else:
         m1, m2, m3 = st.columns(3)
