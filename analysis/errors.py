@@ -49,6 +49,16 @@ class StoreError(ThinkscopeError):
     Pages and commands show ``str(error)`` as it is."""
 
 
+class DuplicateContentError(StoreError):
+    """A run with this content hash (of an imported file) is already in the store: ``run`` is
+    its row."""
+
+    def __init__(self, content_hash: str, run):
+        super().__init__(f"a run with content hash {content_hash[:12]}… is already stored: "
+                         f"#{int(run['run_id'])}")
+        self.content_hash, self.run = content_hash, run
+
+
 class ModelLoadError(ThinkscopeError):
     """A model that cannot be found or loaded; the message names the path and the reason."""
 

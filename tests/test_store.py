@@ -17,7 +17,7 @@ import pytest
 
 from analysis import metrics
 from analysis.store import batch as store_mod
-from analysis.store import (LOCAL_ID_BASE, RUN_TRACE_FIELDS, SCHEMA, SCHEMA_VERSION, DuplicateContent, Store,
+from analysis.store import (LOCAL_ID_BASE, RUN_TRACE_FIELDS, SCHEMA, SCHEMA_VERSION, DuplicateContentError, Store,
                             StoreError)
 from analysis.trace import Trace
 
@@ -359,7 +359,7 @@ def test_importing_a_staged_run_with_a_stored_hash_is_refused_and_stores_nothing
     run = store.create_run("imported", "upload:x", content_hash="ab" * 32, status="complete")
     before = store.counts()
     limit = store.query("SELECT current_setting('memory_limit') AS m")["m"].item()
-    with pytest.raises(DuplicateContent) as e:
+    with pytest.raises(DuplicateContentError) as e:
         store.import_staged(iter([]), {"name": "again", "source": "upload:x", "model": None, "settings": {}},
                             "ab" * 32, 0, 0, memory_limit="64MB")
     assert int(e.value.run["run_id"]) == run

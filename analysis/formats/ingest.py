@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import settings
-from ..store import DuplicateContent, NextIds, Store, StoreError, free_bytes, mb
+from ..store import DuplicateContentError, NextIds, Store, StoreError, free_bytes, mb
 from ..errors import DuplicateFileError, TraceError
 from ..trace import Trace
 from . import batch, fastchat, openai_chat, plaintext, tables, thinkscope
@@ -505,7 +505,7 @@ def _swap(store: Store, staging: Path, run: dict, digest: str | None, n_traces: 
 
     try:
         return store.import_staged(staged(), run, digest, n_traces, n_tokens, memory_limit=STAGING_MEMORY)
-    except DuplicateContent as e:
+    except DuplicateContentError as e:
         raise DuplicateFileError.of(name, digest, e.run) from None
     except StoreError as e:  # a fault before or at the commit: the transaction was rolled back
         raise StoreError(f"{e}; nothing was imported") from e

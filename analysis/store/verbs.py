@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import metrics
+from ..errors import DuplicateContentError
 from ..trace import Trace
 from .batch import Batch, NextIds, insert_tables
 from .branches import BranchVerbs
@@ -30,17 +31,6 @@ WRITE_AHEAD = 2
 #: a trace's fields in the rows of ``Store.run_token_rows`` and ``Store.run_empty_traces``
 RUN_TRACE_FIELDS = ("trace_idx", "source_id", "prompt", "boundary", *TRACE_META_COLUMNS, "metadata")
 _TRACE_COLS = "t.idx AS trace_idx, " + ", ".join(f"t.{c}" for c in RUN_TRACE_FIELDS[1:])
-
-
-class DuplicateContent(StoreError):
-    """A run with this content hash (of an imported file) is already in the store: ``run`` is
-    its row."""
-
-    def __init__(self, content_hash: str, run: pd.Series):
-        super().__init__(f"a run with content hash {content_hash[:12]}… is already stored: "
-                         f"#{int(run['run_id'])}")
-        self.content_hash = content_hash
-        self.run = run
 
 
 def _marks(ids: list) -> str:
@@ -90,7 +80,7 @@ class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
         reset to the default after (setting back the rounded text DuckDB shows, '18.8 GiB',
         lowered the limit by a step at every import).
         A run with the same content hash, found in the transaction or by the store's unique
-        index on hashes, raises DuplicateContent and nothing is stored."""
+        index on hashes, raises DuplicateContentError and nothing is stored."""
         try:
             with self.connect() as con:
                 if memory_limit is not None:
@@ -100,7 +90,7 @@ class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
                     if content_hash is not None:
                         dup = con.execute("SELECT * FROM runs WHERE content_hash = ?", [content_hash]).df()
                         if not dup.empty:
-                            raise DuplicateContent(content_hash, dup.iloc[0])
+                            raise DuplicateContentError(content_hash, dup.iloc[0])
                     off = con.execute("SELECT coalesce(max(trace_id), 0) FROM traces").fetchone()[0]
                     new_run = _insert_run(con, run["name"], run["source"], run["model"], run["settings"],
                                           "complete", content_hash, n_traces=n_traces, n_tokens=n_tokens)
@@ -119,7 +109,7 @@ class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
             dup = self.find_run_by_hash(content_hash) if content_hash else None
             if dup is None or dup.empty:
                 raise
-            raise DuplicateContent(content_hash, dup.iloc[0]) from None
+            raise DuplicateContentError(content_hash, dup.iloc[0]) from None
         return new_run
 
     def finish_run(self, run_id: int, status: str = "complete") -> None:
