@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .cli_common import echo, open_store, progress_bar as _progress_bar
 from .errors import ThinkscopeError
-from .settings import THINK_MARKER
+from .settings import THINK_MARKER, TOP_K
 from .server.servers import connect
 
 
@@ -219,7 +219,7 @@ def register(sub) -> None:
     s.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
     s.add_argument("--server-kind", default="auto",
                    choices=["auto", "vllm", "sglang", "llama-cpp-python", "llama-server", "ollama", "openai"])
-    s.add_argument("--top-k", type=int, default=20, help="alternatives per token")
+    s.add_argument("--top-k", type=int, default=TOP_K, help="alternatives per token")
     s.add_argument("--concurrency", type=int, default=4)
     s.add_argument("--request-timeout", type=float, default=600.0)
     s.add_argument("--retries", type=int, default=4)

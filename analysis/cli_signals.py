@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import ThinkscopeError
+from .settings import TOP_K
 
 
 def _store(args):
@@ -249,7 +250,7 @@ def register(sub) -> None:
     r.add_argument("run_id", type=int)
     r.add_argument("--model", help="model folder, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
     r.add_argument("--temperature", type=float, help="default: the original run's sampling temperature")
-    r.add_argument("--top-k", type=int, default=20)
+    r.add_argument("--top-k", type=int, default=TOP_K, help="alternatives recorded per token")
     r.add_argument("--run-name")
     add_checkpoint_flag(r)
     r.set_defaults(func=cmd_rescore)

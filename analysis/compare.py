@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import signals as sig
 from .errors import CompareError
-from .metrics import entropy_from_logp, strip_space_marker
+from .metrics import entropy_from_logp, logprob_conditions, strip_space_marker
 from .settings import THINK_MARKER
 from .store import json_settings
 
@@ -193,7 +193,8 @@ def rescore_run(store, run_id: int, lm, name: str | None = None, temperature: fl
     ends = np.append(cuts[1:], tok["trace_id"].size)
     new_settings = {"rescored_from": run_id, "rescored_from_model": src_model, "temperature": temperature,
                     "do_sample": temperature != 1.0, "top_k": top_k, "chat_template": gen.chat_template,
-                    "system_prompt": gen.system_prompt, "marker": gen.marker}
+                    "system_prompt": gen.system_prompt, "marker": gen.marker,
+                    **logprob_conditions(temperature, "none")}  # teacher forcing: all logits at T
     if checkpoint_step is not None:
         new_settings[CHECKPOINT_KEY] = checkpoint_step
     rid = store.create_run(name or f"run {run_id} re-scored · {lm.name.split('/')[-1]}", "rescore", lm.name,

@@ -160,3 +160,15 @@ def test_explorer_and_difficulty_pages_caption_the_temperature(tmp_path, monkeyp
         assert not at.exception, [e.value for e in at.exception]
         shown = [c.value.replace("\\", "") for c in at.caption]  # markdown escapes of untrusted run names
         assert any(want in c for c in shown), shown
+
+
+def test_greedy_generation_and_its_rescoring_store_t1(store, tiny_lm):
+    from analysis import compare
+    from analysis.record import Prompt, record_run
+
+    res = record_run(store, tiny_lm, [Prompt("What is 2 + 3?")],
+                     GenerationSettings(temperature=0.7, do_sample=False, max_new_tokens=6, top_k=3), "greedy")
+    s = store.run_settings(res.run_id)
+    assert s["temperature"] is None and (s["logprob_temperature"], s["logprob_truncation"]) == (1.0, "none")
+    again = store.run_settings(compare.rescore_run(store, res.run_id, tiny_lm).run_id)
+    assert (again["logprob_temperature"], again["logprob_truncation"]) == (1.0, "none")

@@ -104,7 +104,7 @@ def traces(values: Iterator[tuple[int, Any]], ctx: Context) -> Iterator[Trace]:
     from ..record import GenerationSettings, score_completion
 
     pr = ctx.problems
-    settings = ctx.score_settings or GenerationSettings(do_sample=False, top_k=20, marker=ctx.marker)
+    settings = ctx.score_settings or GenerationSettings(do_sample=False, marker=ctx.marker)
     ctx.logprobs_at.add((settings.effective_temperature, "none"))  # teacher forcing: all logits at this T
     retok = {"traces": 0, "differ": 0, "tokens": 0}
     for line, obj in values:
