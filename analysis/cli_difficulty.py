@@ -163,6 +163,94 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_early_stop(args) -> int:
+    """The Early stopping page's numbers at one threshold: tokens saved and accuracy on the
+    calibration and held-out splits, optionally the whole curve, each trace's stop and the
+    accuracy measured by replaying the stops with the run's model."""
+    import numpy as np
+    import pandas as pd
+
+    from . import early_stop as es
+    from .cli_runs import write_rows
+    from .metrics import estimator_temperature
+    from .runs import run_info
+    import sys
+
+    def say(*parts) -> None:  # what the numbers are: beside a CSV or JSON Lines table, on stderr
+        echo(*parts, file=sys.stderr if args.format != "table" else None)
+
+    store = _store(args)
+    info = run_info(store, args.run_id)
+    if args.config:
+        cfg = es.load_config(args.config)
+        estimator, rule = cfg.estimator, cfg.rule
+        warning = cfg.check_compatible(info.model or "unknown", estimator,
+                                       estimator_temperature(estimator, info.settings))
+        if warning:
+            say(f"warning: {warning}")
+        cue, answer_tokens = cfg.answer_cue, cfg.answer_tokens
+    else:
+        estimator, cue, answer_tokens = args.estimator, es.DEFAULT_CUE, args.answer_tokens
+        rule = es.StopRule(args.mode, 0.0, args.k, args.min_tokens, args.budget)
+    rt = es.load_run_tokens(store, args.run_id, estimator)
+    cal = es.calibrate(rt, rule, args.n_calib, args.seed)
+    th = cal.thresholds
+    if args.config:
+        tau = rule.tau
+    elif args.tau is not None:
+        tau = args.tau
+    elif th is not None:
+        tau = getattr(th, args.use)
+    else:
+        raise ThinkscopeError(f"run {args.run_id}: {cal.problem}; give --tau")
+    rule = es.StopRule(rule.mode, float(tau), rule.k, rule.min_tokens, rule.budget)
+    say(f"run {args.run_id}, {rule.mode} rule at tau {tau:.4f} nats ({estimator}); signal: {cal.signal_name}")
+    if th is not None:
+        say(f"calibration: tau_mean {th.tau_mean:.4f} nats, tau_info {th.tau_info:.4f} nats, Cohen's d "
+             f"{th.cohens_d:.3f} ({th.n_correct} correct / {th.n_incorrect} incorrect of {cal.n_calib} traces)")
+        if cal.note():
+            say(f"warning: {cal.note()}")
+    for name, mask in (("calibration", cal.calib), ("held-out", cal.held)):
+        if mask.any():
+            p = es.StopModel(rt.subset(mask), rule).point(tau)
+            say(f"{name}: {p['stopped']} of {p['n']} traces stop early, {p['tokens_saved_pct']:.1f}% tokens saved, "
+                 f"accuracy {100 * p['accuracy']:.1f}% vs {100 * p['baseline_accuracy']:.1f}% without stopping "
+                 "(estimate: a stopped trace counts as right when it was right and its answer is already written)")
+    graded = ~np.isnan(rt.correct)
+    model_all = es.StopModel(rt.subset(graded), rule)
+    if args.curve:
+        say("tokens saved (%) and estimated accuracy per tau (nats), held-out traces" if cal.held.any()
+             else "tokens saved (%) and estimated accuracy per tau (nats), all graded traces")
+        m = es.StopModel(rt.subset(cal.held), rule) if cal.held.any() else model_all
+        c = m.curve(grid=args.curve)
+        write_rows(c[["tau", "tokens_saved_pct", "accuracy", "accuracy_kept_pct"]].round(4), args.format)
+    stops = model_all.stops(tau)
+    if args.stops:
+        say("stop = index of the last kept token (-1: no early stop)")
+        write_rows(pd.DataFrame({"trace_id": model_all.rt.trace_ids, "correct": model_all.rt.correct > 0.5,
+                                 "tokens": model_all.rt.lengths, "stop": stops}), args.format)
+    if args.replay:
+        from .models import load_model
+        from .stopping import replay
+        stop_map = {int(t): int(p) for t, p in zip(model_all.rt.trace_ids, stops) if p >= 0}
+        if not stop_map:
+            say("no trace stops early at this threshold: nothing to replay")
+            return 0
+        if not info.model:
+            raise ThinkscopeError(f"run {args.run_id} does not name a model: it cannot be replayed")
+        lm = load_model(info.model)
+        from .cli_common import progress_bar
+        results = [r for batch in replay(lm, store, args.run_id, stop_map, cue, answer_tokens,
+                                         progress=progress_bar("replaying")) for r in batch]
+        acc = es.replay_accuracy(model_all, tau, results)
+        est = model_all.point(tau)
+        pct = lambda v: "n/a (none graded)" if v != v else f"{100 * v:.1f}%"  # noqa: E731
+        say(f"replayed {acc['replayed']} of {acc['stopped']} stops: accuracy {pct(acc['accuracy'])} with the "
+            f"forced answers (measured, {acc['graded']} graded) vs {pct(est['accuracy'])} estimated, "
+            f"{pct(est['baseline_accuracy'])} without stopping; all graded traces")
+    return 0
+
+
 def register(sub) -> None:
     g = sub.add_parser("grade", help="re-grade a stored run with an answer-extraction rule")
     g.add_argument("run_id", type=int)
@@ -204,3 +292,26 @@ def register(sub) -> None:
                                         "and 'Final answer:')")
     c.add_argument("--answer-tokens", type=int, default=12, help="answer tokens decoded after the cue")
     c.set_defaults(func=cmd_calibrate)
+
+    e = sub.add_parser("early-stop", help="tokens saved and accuracy of an early-stop threshold on a graded run "
+                                          "(curve, stop positions, replay with the model)")
+    e.add_argument("run_id", type=int)
+    e.add_argument("--config", metavar="FILE", help="a threshold file (refused when made for another model, "
+                                                    "estimator or temperature); else the rule below")
+    e.add_argument("--tau", type=float, help="the threshold in nats (default: the calibrated --use)")
+    e.add_argument("--use", choices=["tau_mean", "tau_info"], default="tau_mean")
+    e.add_argument("--mode", choices=["streaming", "gate"], default="streaming")
+    e.add_argument("--estimator", default="full")
+    e.add_argument("--k", type=int, default=16)
+    e.add_argument("--min-tokens", type=int, default=32)
+    e.add_argument("--budget", type=int, default=64)
+    e.add_argument("--n-calib", type=int, help="calibration traces (default: a quarter of the graded ones)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--curve", type=int, nargs="?", const=32, metavar="N",
+                   help="also print the curve over N thresholds (default 32)")
+    e.add_argument("--stops", action="store_true", help="also print each graded trace's stop position")
+    e.add_argument("--replay", action="store_true",
+                   help="force the answer at each stop with the run's model and grade it (the measured accuracy)")
+    e.add_argument("--answer-tokens", type=int, default=12)
+    e.add_argument("--format", choices=["table", "csv", "jsonl"], default="table")
+    e.set_defaults(func=cmd_early_stop)

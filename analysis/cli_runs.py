@@ -5,6 +5,7 @@
     thinkscope traces RUN                    # its traces with their sequence entropy by phase
     thinkscope forks RUN TRACE [--window 4] [--method percentile|corpus|fixed] [--value 95]
                                [--lexicon [FILE]] [--estimator best] [--unit nats|bits] [--format table|csv|jsonl]
+    thinkscope tokens RUN TRACE [--alternatives 5] # a trace token by token, with its alternatives
     thinkscope delete RUN [--yes]            # remove a run and its traces (asks first)
 """
 
@@ -138,6 +139,20 @@ def cmd_forks(args) -> int:
     return 0
 
 
+def cmd_tokens(args) -> int:
+    from .runs import trace_tokens
+    df = trace_tokens(_store(args), args.run_id, args.trace_id, args.alternatives)
+    s = _scale(args.unit)
+    hcols = [c for c in df.columns if c.startswith("H_")]
+    df[hcols] = (df[hcols] * s).round(4)
+    df = df.rename(columns={c: f"{c}_{args.unit}" for c in hcols})
+    df["logprob"] = df["logprob"].round(4)
+    print(f"token entropies H in {args.unit} per estimator; logprob in nats; alternatives: text (probability)",
+          file=sys.stderr if args.format != "table" else sys.stdout)
+    write_rows(df, args.format, ("token", "alternatives"))
+    return 0
+
+
 def cmd_delete(args) -> int:
     from .runs import delete_run, run_info
     store = _store(args)
@@ -180,6 +195,14 @@ def register(sub) -> None:
     f.add_argument("--unit", choices=list(UNITS), default="nats")
     f.add_argument("--format", choices=FORMATS, default="table", help="table, csv or jsonl on stdout")
     f.set_defaults(func=cmd_forks)
+
+    k = sub.add_parser("tokens", help="a trace token by token: logprob, entropy per estimator, alternatives")
+    k.add_argument("run_id", type=int)
+    k.add_argument("trace_id", type=int)
+    k.add_argument("--alternatives", type=int, default=5, metavar="N", help="top-k alternatives shown per token")
+    k.add_argument("--unit", choices=list(UNITS), default="nats")
+    k.add_argument("--format", choices=FORMATS, default="table")
+    k.set_defaults(func=cmd_tokens)
 
     d = sub.add_parser("delete", help="remove a run and all its traces from the store")
     d.add_argument("run_id", type=int)

@@ -88,11 +88,8 @@ def find_forks(tokens: Sequence[str], h: np.ndarray, settings: ForkSettings,
 
 def trace_forks(store, run_id: int, trace_id: int, settings: ForkSettings = ForkSettings()) -> Forks:
     """Forking points of a stored trace of run ``run_id`` (checked: the trace is in the run)."""
-    owner = store.trace_run(int(trace_id))
-    if owner is None:
-        raise ForkError(f"no trace {trace_id} in {store.path}")
-    if owner != int(run_id):
-        raise ForkError(f"trace {trace_id} belongs to run {owner}, not run {run_id}")
+    from .runs import check_trace
+    check_trace(store, run_id, trace_id)
     tok = store.tokens(int(trace_id), with_alternatives=False)
     col = store.entropy_column(settings.estimator)
     if col not in tok or not tok[col].notna().any():

@@ -1,5 +1,5 @@
-"""A stored run as a whole: its details and settings, its traces, deleting it (the Runs page
-and ``thinkscope show / traces / delete``)."""
+"""A stored run as a whole: its details and settings, its traces and their tokens, deleting it
+(the Runs page, the explorer's token view and ``thinkscope show / traces / tokens / delete``)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,38 @@ def run_traces(store, run_id: int) -> pd.DataFrame:
     each trace's best estimator)."""
     run_info(store, run_id)
     return store.traces(int(run_id))
+
+
+def check_trace(store, run_id: int, trace_id: int) -> None:
+    """RunError unless trace ``trace_id`` is in run ``run_id``."""
+    owner = store.trace_run(int(trace_id))
+    if owner is None:
+        raise RunError(f"no trace {trace_id} in {store.path}")
+    if owner != int(run_id):
+        raise RunError(f"trace {trace_id} belongs to run {owner}, not run {run_id}")
+
+
+def trace_tokens(store, run_id: int, trace_id: int, alternatives: int = 5) -> pd.DataFrame:
+    """One row per token of a trace of run ``run_id``: position, token, logprob, the entropy
+    of every estimator it has (nats) and its first ``alternatives`` top-k alternatives as
+    'text (probability)' (what the explorer shows on hover)."""
+    import numpy as np
+
+    from .store import ENTROPY_COLUMNS
+    check_trace(store, run_id, trace_id)
+    tok = store.tokens(int(trace_id), with_alternatives=alternatives > 0)
+    out = pd.DataFrame({"position": tok["pos"].astype(int), "token": tok["token"].fillna(""),
+                        "logprob": tok["logprob"].astype(float)})
+    for est, col in ENTROPY_COLUMNS.items():
+        if col in tok and tok[col].notna().any():
+            out[f"H_{est}"] = tok[col].astype(float)
+    if alternatives > 0 and "topk_tokens" in tok:
+        def alts(texts, lps):
+            if texts is None or lps is None:
+                return ""
+            pairs = [(t, lp) for t, lp in zip(texts, lps) if lp is not None and np.isfinite(lp)][:alternatives]
+            return " | ".join(f"{t} ({np.exp(lp):.3f})" for t, lp in pairs)
+        shown = [alts(t, lp) for t, lp in zip(tok["topk_tokens"], tok["topk_logprobs"])]
+        if any(shown):  # a trace without alternatives gets no empty column
+            out["alternatives"] = shown
+    return out

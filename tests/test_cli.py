@@ -154,6 +154,16 @@ def test_show_traces_and_delete(capsys, tmp_path, monkeypatch):
     assert code == 2 and f"no run {rid} in" in err
 
 
+def test_tokens_of_a_trace(capsys, tmp_path):
+    s, rid, tid = _hand_store(tmp_path)
+    code, out, _ = run(capsys, "--store", str(s.path), "tokens", str(rid), str(tid), "--format", "csv", "--unit", "bits")
+    rows = out.splitlines()
+    assert code == 0 and rows[0] == "position,token,logprob,H_full_bits"
+    assert rows[3] == "2, =c,0.0,4.3281"  # 3 nats in bits
+    code, _, err = run(capsys, "--store", str(s.path), "tokens", str(rid + 1), str(tid))
+    assert code == 2 and f"trace {tid} belongs to run {rid}, not run {rid + 1}" in err
+
+
 def _commands(parser, prefix=()):
     """Every command path of the CLI: ('generate',), ('branch', 'list'), ..."""
     import argparse

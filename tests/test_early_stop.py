@@ -377,3 +377,33 @@ def test_the_page_and_the_cli_calibrate_alike(tmp_path, capsys):
         cal = es.load_config(out_file).calibration
         assert shown["τ_mean"] == f"{cal['tau_mean']:.3f} nats" and shown["τ_info"] == f"{cal['tau_info']:.3f} nats"
         assert shown["Cohen's d"] == f"{cal['cohens_d']:.2f}"
+
+
+def test_cli_early_stop_curve_stops_and_replay(tiny_lm, store, tmp_path, capsys, monkeypatch):
+    import analysis.models as models
+    from analysis.cli import main
+    from analysis.grading import grade_traces
+    from analysis.record import GenerationSettings, Prompt, record_run
+
+    settings = GenerationSettings(max_new_tokens=10, do_sample=False, top_k=5, batch_size=4)
+    prompts = [Prompt(f"What is {a} + 1?", {"problem_id": f"p{a}", "gold_answer": str(a + 1)}) for a in range(5)]
+    res = record_run(store, tiny_lm, prompts, settings, "tiny", on_traces=grade_traces)
+    s = str(store.path)
+    monkeypatch.setattr(models, "load_model", lambda name=None, **kw: tiny_lm)
+    assert main(["--store", s, "early-stop", str(res.run_id), "--tau", "100", "--k", "2", "--min-tokens", "3",
+                 "--curve", "4", "--stops", "--replay", "--n-calib", "2", "--answer-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    # tau above every entropy: each trace stops as soon as it may, after 3 tokens
+    assert "2 of 2 traces stop early" in out and "3 of 3 traces stop early" in out
+    assert "tokens_saved_pct" in out and "nan%" not in out
+    stops = [line.split() for line in out.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert [r[-1] for r in stops][-5:] == ["2"] * 5
+    assert "replayed 5 of 5 stops: accuracy" in out and "with the forced answers (measured" in out
+    cfg = tmp_path / "other.json"
+    cfg.write_text(es.EarlyStopConfig("other", "full", StopRule()).to_json())
+    assert main(["--store", s, "early-stop", str(res.run_id), "--config", str(cfg)]) == 2
+    assert "calibrated on model 'other'" in capsys.readouterr().err
+    assert main(["--store", s, "early-stop", str(res.run_id), "--tau", "100", "--format", "csv", "--curve", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "tau,tokens_saved_pct,accuracy,accuracy_kept_pct"
+    assert "held-out" in captured.err
