@@ -137,25 +137,42 @@ def same_ids(tok, ids: np.ndarray, text: str) -> bool:
     return tok.decode(ids.tolist(), skip_special_tokens=False) == text
 
 
+#: rows of logits reduced at once by ``score_ids`` (a block of [rows x vocabulary] stays in cache)
+SCORE_ROWS = 16
+
+
 def score_ids(lm, prompt_ids: Sequence[int], ids: Sequence[int], temperature: float, top_k: int):
     """Teacher-force ``ids`` after ``prompt_ids``: one forward pass, the logits kept only for the
     positions that predict a completion token. Returns per completion token (numpy):
-    entropy at T, entropy at T = 1, chosen logprob at T, top-k ids and logprobs at T."""
+    entropy at T, entropy at T = 1, chosen logprob at T, top-k ids and logprobs at T.
+
+    The logits are reduced in blocks of ``SCORE_ROWS`` rows, so every pass over a block runs in
+    cache (on the whole [tokens x vocabulary] logits each pass would go to memory)."""
     import torch
 
     n = len(ids)
     full = torch.tensor([list(prompt_ids) + list(ids)])
+    target = torch.tensor(list(ids))
+    k = min(top_k, len(lm.tokenizer)) if top_k else 0
+    h = torch.empty(n)
+    h1 = torch.empty(n)
+    chosen = torch.empty(n)
+    top_v = torch.empty((n, k))
+    top_i = torch.empty((n, k), dtype=torch.long)
     with torch.inference_mode():
-        logits = lm.model(input_ids=full, logits_to_keep=n + 1).logits[0, :n].float()
-        logp1 = torch.log_softmax(logits, dim=-1)
-        logp = logp1 if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
-        h = entropy_from_logp(logp)
-        h1 = h if temperature == 1.0 else entropy_from_logp(logp1)
-        chosen = logp.gather(1, torch.tensor(list(ids)).view(-1, 1)).squeeze(1)
-        k = min(top_k, logp.shape[-1])
-        v, i = torch.topk(logp, k, dim=-1) if k else (None, None)
+        logits = lm.model(input_ids=full, logits_to_keep=n + 1).logits[0, :n]
+        for a in range(0, n, SCORE_ROWS):
+            rows = slice(a, a + SCORE_ROWS)
+            z = logits[rows].float()
+            logp1 = torch.log_softmax(z, dim=-1)
+            logp = logp1 if temperature == 1.0 else torch.log_softmax(z / temperature, dim=-1)
+            h[rows] = entropy_from_logp(logp)
+            h1[rows] = h[rows] if temperature == 1.0 else entropy_from_logp(logp1)
+            chosen[rows] = logp.gather(1, target[rows, None]).squeeze(1)
+            if k:
+                top_v[rows], top_i[rows] = torch.topk(logp, k, dim=-1)
     return (h.numpy().astype(np.float64), h1.numpy().astype(np.float64), chosen.numpy().astype(np.float64),
-            None if i is None else i.numpy(), None if v is None else v.numpy().astype(np.float64))
+            top_i.numpy() if k else None, top_v.numpy().astype(np.float64) if k else None)
 
 
 def rescore_run(store, run_id: int, lm, name: str | None = None, temperature: float | None = None,
