@@ -6,6 +6,7 @@
     thinkscope forks RUN TRACE [--window 4] [--method percentile|corpus|fixed] [--value 95]
                                [--lexicon [FILE]] [--estimator best] [--unit nats|bits] [--format table|csv|jsonl]
     thinkscope tokens RUN TRACE [--alternatives 5] # a trace token by token, with its alternatives
+    thinkscope layers RUN [--field lens_entropy] [--by trace|difficulty|correct]  # per-layer profiles
     thinkscope delete RUN [--yes]            # remove a run and its traces (asks first)
 """
 
@@ -153,6 +154,24 @@ def cmd_tokens(args) -> int:
     return 0
 
 
+def cmd_layers(args) -> int:
+    from .layer_stats import PROFILE_FIELDS, run_profiles
+    df = run_profiles(_store(args), args.run_id, args.field, args.by)
+    if df.empty:
+        echo(f"run {args.run_id}: no traces to compare by {args.by}")
+        return 0
+    s = 1.0 if args.field == "attn_entropy_norm" else _scale(args.unit)
+    unit = "ratio" if args.field == "attn_entropy_norm" else args.unit
+    for c in ("mean", "lo", "hi"):
+        df[c] = (df[c].astype(float) * s).round(4)
+    df = df.rename(columns={"mean": f"mean_{unit}", "lo": f"ci_low_{unit}", "hi": f"ci_high_{unit}", "n": "traces"})
+    print(f"{PROFILE_FIELDS[args.field]} per layer ({unit}): each trace's mean over its tokens, then the mean "
+          "over the group's traces with a 95% interval (normal, 1.96 standard errors)",
+          file=sys.stderr if args.format != "table" else sys.stdout)
+    write_rows(df, args.format, ("group",))
+    return 0
+
+
 def cmd_delete(args) -> int:
     from .runs import delete_run, run_info
     store = _store(args)
@@ -203,6 +222,15 @@ def register(sub) -> None:
     k.add_argument("--unit", choices=list(UNITS), default="nats")
     k.add_argument("--format", choices=FORMATS, default="table")
     k.set_defaults(func=cmd_tokens)
+
+    y = sub.add_parser("layers", help="per-layer entropy profiles of a run (logit lens, attention), by trace, "
+                                      "difficulty or correctness")
+    y.add_argument("run_id", type=int)
+    y.add_argument("--field", choices=["lens_entropy", "attn_entropy", "attn_entropy_norm"], default="lens_entropy")
+    y.add_argument("--by", choices=["trace", "difficulty", "correct"], default="trace")
+    y.add_argument("--unit", choices=list(UNITS), default="nats")
+    y.add_argument("--format", choices=FORMATS, default="table")
+    y.set_defaults(func=cmd_layers)
 
     d = sub.add_parser("delete", help="remove a run and all its traces from the store")
     d.add_argument("run_id", type=int)

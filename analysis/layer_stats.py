@@ -75,3 +75,41 @@ def profile_groups(profiles: pd.DataFrame, groups: pd.Series, layers: Sequence[i
     half = 1.96 * agg["std"] / np.sqrt(agg["count"])
     return pd.DataFrame({"group": agg["group"], "layer": agg["layer"], "mean": agg["mean"],
                          "lo": agg["mean"] - half, "hi": agg["mean"] + half, "n": agg["count"]})
+
+
+#: per-layer entropy fields and what they are
+PROFILE_FIELDS = {"lens_entropy": "logit-lens entropy", "attn_entropy": "attention entropy (mean over heads)",
+                  "attn_entropy_norm": "attention entropy / ln(visible positions)"}
+GROUPINGS = ("trace", "difficulty", "correct")
+
+
+def run_profiles(store, run_id: int, field: str = "lens_entropy", by: str = "trace") -> pd.DataFrame:
+    """Mean per-layer profile of a run's traces with layer records, grouped ``by`` trace,
+    difficulty (level, else pass-rate bucket) or correctness (the Layers page's comparison):
+    group, layer (1-based model layer), mean, lo, hi (95% interval over traces), n."""
+    import json
+
+    from .errors import ThinkscopeError
+    if field not in PROFILE_FIELDS:
+        raise ThinkscopeError(f"unknown layer field {field!r}; use {', '.join(PROFILE_FIELDS)}")
+    if by not in GROUPINGS:
+        raise ThinkscopeError(f"unknown grouping {by!r}; use {', '.join(GROUPINGS)}")
+    ids = store.layer_trace_ids(int(run_id))
+    if not ids:
+        raise ThinkscopeError(f"run {run_id} has no per-layer records (generate with --logit-lens or "
+                              "--attention-entropy)")
+    traces = store.traces(int(run_id))
+    traces = traces[traces["trace_id"].isin(ids)].reset_index(drop=True)
+    prof = store.layer_profiles(int(run_id), field)
+    meta = traces["metadata"].iloc[0] if "metadata" in traces and len(traces) else None
+    info = (json.loads(meta) if isinstance(meta, str) else meta or {}).get("layer_info", {})
+    n_k = int(prof["k"].max()) + 1 if len(prof) else 0
+    layers = info.get("lens_layers" if field == "lens_entropy" else "attn_layers") or list(range(1, n_k + 1))
+    if by == "trace":
+        groups = pd.Series({int(t): f"trace {int(t)}" for t in traces["trace_id"]})
+    elif by == "difficulty":
+        groups = pd.Series(difficulty_bins(traces).values, index=traces["trace_id"].astype(int))
+    else:
+        groups = pd.Series(traces["correct"].map({True: "correct", False: "incorrect"}).values,
+                           index=traces["trace_id"].astype(int)).dropna()
+    return profile_groups(prof, groups, layers)

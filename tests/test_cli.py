@@ -164,6 +164,25 @@ def test_tokens_of_a_trace(capsys, tmp_path):
     assert code == 2 and f"trace {tid} belongs to run {rid}, not run {rid + 1}" in err
 
 
+def test_layer_profiles_by_correctness(capsys, tmp_path):
+    from analysis.demo import load_demo
+
+    s = Store(tmp_path / "demo.duckdb")
+    load_demo(s)
+    rid = int(s.layer_runs()["run_id"].iloc[0])
+    code, out, err = run(capsys, "--store", str(s.path), "layers", str(rid), "--by", "correct", "--format", "csv")
+    rows = [r.split(",") for r in out.splitlines()]
+    assert code == 0 and rows[0] == ["group", "layer", "mean_nats", "ci_low_nats", "ci_high_nats", "traces"]
+    assert "logit-lens entropy per layer" in err
+    # by hand: the mean over the correct traces of each one's mean over tokens, at the first list index
+    prof = s.layer_profiles(rid, "lens_entropy")
+    first = prof[(prof["k"] == 0) & (prof["correct"] == True)]  # noqa: E712
+    got = next(r for r in rows[1:] if r[0] == "correct")
+    assert float(got[2]) == pytest.approx(first["mean"].mean(), abs=1e-4) and int(got[5]) == len(first)
+    code, _, err = run(capsys, "--store", str(s.path), "layers", str(rid - 1))
+    assert code == 2 and "has no per-layer records" in err
+
+
 def _commands(parser, prefix=()):
     """Every command path of the CLI: ('generate',), ('branch', 'list'), ..."""
     import argparse
