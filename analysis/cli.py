@@ -22,7 +22,7 @@ from .errors import ThinkscopeError
 
 #: modules with a ``register(subparsers)`` function that add their own commands
 COMMAND_MODULES: list[str] = ["analysis.cli", "analysis.formats.cli", "analysis.cli_difficulty",
-                               "analysis.cli_runs",
+                               "analysis.cli_runs", "analysis.cli_preview",
                                "analysis.cli_signals", "analysis.cli_server", "analysis.cli_branch"]
 
 

@@ -183,6 +183,22 @@ def test_layer_profiles_by_correctness(capsys, tmp_path):
     assert code == 2 and "has no per-layer records" in err
 
 
+def test_preview_a_file_without_importing_it(capsys, tmp_path):
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "formats" / "openai_chat.jsonl"
+    store = tmp_path / "s.duckdb"
+    code, out, _ = run(capsys, "--store", str(store), "preview", str(fixture), "-n", "1")
+    assert code == 0 and "format openai_chat (score 1.00; json)" in out and "traces: 2, tokens: 10" in out
+    assert "-- trace 1: 5 tokens, estimator topk_renorm, top-2" in out and "-- trace 2" not in out
+    assert not store.exists()  # nothing stored
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"choices": [{"message": {"content": "x"}, "logprobs": {"content": [{"token": "a", '
+                   '"logprob": "abc"}]}}]}\n')
+    code, out, err = run(capsys, "preview", str(bad), "--format", "openai_chat")
+    assert code == 1 and "problem: bad.jsonl line 1:" in err and "is \"abc\", expected a number" in err
+
+
 def _commands(parser, prefix=()):
     """Every command path of the CLI: ('generate',), ('branch', 'list'), ..."""
     import argparse
