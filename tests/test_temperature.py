@@ -172,3 +172,11 @@ def test_greedy_generation_and_its_rescoring_store_t1(store, tiny_lm):
     assert s["temperature"] is None and (s["logprob_temperature"], s["logprob_truncation"]) == (1.0, "none")
     again = store.run_settings(compare.rescore_run(store, res.run_id, tiny_lm).run_id)
     assert (again["logprob_temperature"], again["logprob_truncation"]) == (1.0, "none")
+
+
+def test_preview_says_what_the_logprobs_are():
+    from analysis.formats import preview
+
+    p = preview(FIX / "llamacpp_completion.json")
+    assert p.logprobs == {"logprob_temperature": 1.0, "logprob_truncation": "none"}
+    assert metrics.conditions_text(p.traces[0].estimator, p.logprobs).endswith("at T = 1, no top-p/top-k truncation")

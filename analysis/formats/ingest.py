@@ -222,6 +222,7 @@ class Preview:
     warnings: list[str]
     fields: list[str]
     vocab: dict[int, str] = field(default_factory=dict)   # text of the alternatives' ids
+    logprobs: dict = field(default_factory=dict)          # temperature/truncation of the logprobs read
 
 
 def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: dict | None = None,
@@ -258,7 +259,8 @@ def preview(path: str | Path, format: str | None = None, n: int = 3, field_map: 
         if not count and len(first) >= n:
             break
     return Preview(d, first, n_traces if count else None, n_tokens if count else None, pr.items, pr.total,
-                   pr.warnings, available_fields(path, d), {**ctx.vocab, **ctx.local.text()})
+                   pr.warnings, available_fields(path, d), {**ctx.vocab, **ctx.local.text()},
+                   ctx.logprob_settings(d.format))
 
 
 # --------------------------------------------------------------------------- importing

@@ -15,6 +15,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from analysis.errors import ThinkscopeError
+from analysis.metrics import conditions_text
 from analysis.settings import THINK_MARKER
 from analysis.formats import FORMATS, ingest_files, preview
 from analysis.formats.base import META_SYNONYMS
@@ -145,6 +146,8 @@ def show_preview(p, unit: str) -> None:
     for i, t in enumerate(p.traces):
         label = t.source_id or f"trace {i + 1}"
         st.markdown(f"Preview · {md(label)} · {t.n_tokens} tokens · estimator `{t.estimator}`")
+        if p.logprobs and t.estimator != "none":
+            st.caption(f"Entropies: {md(conditions_text(t.estimator, p.logprobs))}.")
         if t.prompt:
             st.html('<div style="white-space: pre-wrap; color:#4b5563; font-size:0.85rem;">'
                     + html.escape(t.prompt[:600]) + "</div>")
