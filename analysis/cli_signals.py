@@ -114,11 +114,14 @@ def cmd_signals(args) -> int:
          f"{ev.resamples} times; AUROC and AUPRC for 'wrong', 95% bootstrap percentile intervals")
     for note in ev.notes:
         echo(f"  note: {note}")
-    echo(f"{'rank':>4}  {'signal':<24} {'AUROC':>6} {'95% CI':>15}  {'AUPRC':>6} {'(chance)':>8}  verdict")
+    echo("a trace where a signal is undefined (no answer part, no logprobs) is left out of that signal: "
+         "n is the number of traces it is judged on")
+    echo(f"{'rank':>4}  {'signal':<28} {'n':>5} {'wrong':>5} {'AUROC':>6} {'95% CI':>15}  {'AUPRC':>6} "
+         f"{'(chance)':>8}  verdict")
     for i, r in enumerate(ev.table.itertuples(), 1):
         ci = f"[{_fmt(r.auroc_low)}, {_fmt(r.auroc_high)}]"
-        echo(f"{i:>4}  {r.signal:<24} {_fmt(r.auroc):>6} {ci:>15}  {_fmt(r.auprc):>6} {_fmt(r.auprc_chance):>8}  "
-             f"{r.verdict}")
+        echo(f"{i:>4}  {r.signal:<28} {r.n:>5} {r.n_wrong:>5} {_fmt(r.auroc):>6} {ci:>15}  {_fmt(r.auprc):>6} "
+             f"{_fmt(r.auprc_chance):>8}  {r.verdict}")
     beat = ev.table.loc[ev.table["verdict"] == "better than chance", "signal"].tolist()
     echo(f"better than chance on this run (interval above 0.5): {', '.join(beat) if beat else 'none'}")
     if args.calibrate:
@@ -127,6 +130,10 @@ def cmd_signals(args) -> int:
         c = rsm.calibrate_signal(rs, args.calibrate, args.calib_fraction, args.seed)
         echo(f"calibration of {args.calibrate}: P(correct) = sigmoid({c.a:.4f} + {c.b:.4f} x) fitted on "
              f"{c.n_calib} traces; ECE on {c.n_held} held-out traces {c.ece:.4f} (10 equal-width bins)")
+        if args.calib_out:
+            echo(f"-> {write_table(c.bins.assign(signal=args.calibrate, a=c.a, b=c.b, ece=c.ece), args.calib_out)}")
+    if args.roc_out:
+        echo(f"-> {write_table(rsm.roc_table(rs), args.roc_out)}")
     if args.out:
         echo(f"-> {write_table(signal_table(ev), args.out)}")
     if args.traces_out:
@@ -235,6 +242,8 @@ def register(sub) -> None:
     s.add_argument("--calib-fraction", type=float, default=0.5, help="share of problems in the calibration split")
     s.add_argument("--out", help="the ranked signal table (.csv or .parquet)")
     s.add_argument("--traces-out", help="every trace's signal values (.csv or .parquet)")
+    s.add_argument("--roc-out", help="every signal's ROC curve points (.csv or .parquet)")
+    s.add_argument("--calib-out", help="with --calibrate: the reliability diagram's bins (.csv or .parquet)")
     s.set_defaults(func=cmd_signals)
 
     t = sub.add_parser("token-entropy", help="token-entropy distribution and the tokens most often in the top 20%% "

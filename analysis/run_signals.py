@@ -198,6 +198,30 @@ def evaluate_run(rs: RunSignals, n_resamples: int = 1000, seed: int = 0) -> sig.
     return ev
 
 
+def roc_curves(rs: RunSignals, names=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """ROC curve for "wrong" (false and true positive rates) of each signal over the graded traces,
+    oriented as in the evaluation; traces where a signal is NaN are left out of it."""
+    g = rs.graded()
+    wrong = ~g["correct"].astype(bool).to_numpy()
+    out = {}
+    for name in names if names is not None else rs.specs:
+        x = g[name].to_numpy(np.float64)
+        ok = ~np.isnan(x)
+        s = x[ok] if rs.specs[name].higher_means_wrong else -x[ok]
+        if ok.any() and wrong[ok].any() and not wrong[ok].all():
+            fpr, tpr, _ = sig.roc_curve(s, wrong[ok])
+            out[name] = (fpr, tpr)
+    return out
+
+
+def roc_table(rs: RunSignals) -> pd.DataFrame:
+    """Every signal's ROC points: signal, false_positive_rate, true_positive_rate."""
+    parts = [pd.DataFrame({"signal": k, "false_positive_rate": f, "true_positive_rate": t})
+             for k, (f, t) in roc_curves(rs).items()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["signal", "false_positive_rate", "true_positive_rate"])
+
+
 def calibrate_signal(rs: RunSignals, name: str, fraction: float = 0.5, seed: int = 0, n_bins: int = 10
                      ) -> sig.Calibration:
     """Logistic calibration of one signal on a split of the run's problems (``fraction`` of them

@@ -127,12 +127,17 @@ def test_cli_tables(tmp_path, capsys):
     b = rescored_copy(store, 1)
     p = str(store.path)
     assert cli.main(["--store", p, "signals", "1", "--resamples", "200", "--out", str(tmp_path / "s.csv"),
-                     "--traces-out", str(tmp_path / "t.parquet"), "--calibrate", "mean_H.full.all"]) == 0
+                     "--traces-out", str(tmp_path / "t.parquet"), "--calibrate", "mean_H.full.all",
+                     "--calib-out", str(tmp_path / "cal.csv"), "--roc-out", str(tmp_path / "roc.parquet")]) == 0
     out = capsys.readouterr().out
     assert "better than chance on this run" in out and "ECE on" in out
     s = pd.read_csv(tmp_path / "s.csv")
     assert {"auroc_wrong", "auroc_ci95_low", "auroc_ci95_high", "auprc_wrong", "verdict"} <= set(s.columns)
     assert len(pd.read_parquet(tmp_path / "t.parquet")) == 48
+    cal = pd.read_csv(tmp_path / "cal.csv")
+    assert len(cal) == 10 and cal["count"].sum() > 0 and cal["ece"].nunique() == 1
+    roc = pd.read_parquet(tmp_path / "roc.parquet")
+    assert set(s["signal"]) >= set(roc["signal"]) and roc["true_positive_rate"].max() == 1.0
     assert cli.main(["--store", p, "token-entropy", "1", str(b), "--out", str(tmp_path / "top.csv"),
                      "--hist-out", str(tmp_path / "h.parquet")]) == 0
     assert set(pd.read_csv(tmp_path / "top.csv")["run_id"]) == {1, b}

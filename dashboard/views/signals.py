@@ -86,25 +86,19 @@ if reversed_:
 if none:
     st.caption("Not distinguishable from chance (interval holds 0.5): " + md("; ".join(none)) + ".")
 st.dataframe(ranked_table(t), hide_index=True, width="stretch", key="signals.table")
+if (t["n"] < ev.n).any():
+    st.caption("A trace where a signal is undefined (no answer part, no logprobs, a problem with one sample) is "
+               "left out of that signal only: compare the traces column before comparing intervals.")
 st.download_button("Download the table (CSV)", ranked_table(t).to_csv(index=False).encode("utf-8"),
                    file_name=f"signals_run{run_id}.csv", mime="text/csv", key="signals.download")
 
-graded = rs.graded()
-wrong = ~graded["correct"].astype(bool).to_numpy()
 ranked = t.dropna(subset=["auroc"])["signal"].tolist()
 labels = dict(zip(t["signal"], t["label"]))
 state.valid_selection("signals.roc", ranked)
 default = ranked[:4] + [s for s in ("semantic_entropy",) if s in ranked and s not in ranked[:4]]
 chosen = st.multiselect("Signals on the ROC plot", ranked, default=default, format_func=labels.get,
                         key="signals.roc")
-curves = {}
-for name in chosen:
-    spec = rs.specs[name]
-    x = graded[name].to_numpy(float)
-    ok = ~pd.isna(x)
-    s = x[ok] if spec.higher_means_wrong else -x[ok]
-    fpr, tpr, _ = sig.roc_curve(s, wrong[ok])
-    curves[labels[name]] = (fpr, tpr)
+curves = {labels[k]: v for k, v in rsm.roc_curves(rs, chosen).items()}
 auc = dict(zip(t["label"], t["auroc"]))
 st.plotly_chart(charts.roc_figure(curves, auc), width="stretch", key="signals.roc_figure")
 
