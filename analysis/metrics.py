@@ -392,6 +392,10 @@ UNKNOWN = "unknown"
 #: come from was cut by top-p/top-k before ('none', 'top-p/top-k', or UNKNOWN)
 LOGPROB_TEMPERATURE = "logprob_temperature"
 LOGPROB_TRUNCATION = "logprob_truncation"
+#: the truncations recorded, as captions say them
+TRUNCATIONS = {"none": "no top-p/top-k truncation", UNKNOWN: "truncation unknown",
+               "llama.cpp sampler chain": "after llama.cpp's sampler chain (top-k/top-p/min-p) truncation",
+               "mixed in this file": "truncation differs within the file"}
 
 
 def logprob_conditions(temperature: float | str | None, truncation: str | None) -> dict:
@@ -436,7 +440,8 @@ def conditions_text(estimator: str, settings: dict | None) -> str:
     trunc = s.get(LOGPROB_TRUNCATION, UNKNOWN)
     if estimator in ("full", "full_t1") or ("do_sample" in s and trunc == UNKNOWN):
         trunc = "none"  # all logits; a generated run's top-k come from them too
-    cut = {"none": "no top-p/top-k truncation", UNKNOWN: "truncation unknown"}.get(trunc, f"after {trunc} truncation")
+    # stored settings may come from a file: only the known values are shown, never its text
+    cut = TRUNCATIONS.get(trunc, TRUNCATIONS[UNKNOWN]) if isinstance(trunc, str) else TRUNCATIONS[UNKNOWN]
     return f"{estimator} at {temperature_text(estimator_temperature(estimator, s))}, {cut}"
 
 

@@ -64,7 +64,8 @@ def test_post_sampling_dump_takes_the_temperature_it_gives(store, tmp_path):
     p.write_text(json.dumps(rec) + "\n")
     s = _settings(store, ingest_file(store, p).run_id)
     assert (s["logprob_temperature"], s["logprob_truncation"]) == (0.6, "llama.cpp sampler chain")
-    assert metrics.conditions_text("epr", s) == "epr at T = 0.6, after llama.cpp sampler chain truncation"
+    assert metrics.conditions_text("epr", s) == ("epr at T = 0.6, after llama.cpp's sampler chain (top-k/top-p/min-p) "
+                                                 "truncation")
 
 
 def test_labels_say_the_temperature():
@@ -72,6 +73,9 @@ def test_labels_say_the_temperature():
     assert metrics.conditions_text("topk_renorm", gen) == "topk_renorm at T = 0.7, no top-p/top-k truncation"
     assert metrics.conditions_text("full_t1", gen) == "full_t1 at T = 1, no top-p/top-k truncation"
     assert metrics.conditions_text("epr", {"format": "openai_chat"}) == "epr at T unknown, truncation unknown"
+    # settings can come from a file (an export's run settings): its own text is never shown
+    hostile = {"logprob_temperature": "<b>9</b>", "logprob_truncation": "[x](javascript:alert(1))\x1b[2J"}
+    assert metrics.conditions_text("epr", hostile) == "epr at T unknown, truncation unknown"
     assert metrics.logprobs_text(GenerationSettings(do_sample=False).to_dict()).startswith(
         "logprobs, top-k estimators and full at T = 1 (no top-p/top-k truncation)")
     from dashboard import charts
