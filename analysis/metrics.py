@@ -23,7 +23,8 @@ LN2 = math.log(2.0)
 
 #: estimator name -> one-line description (shown in the dashboard next to figures)
 ESTIMATORS: dict[str, str] = {
-    "full": "exact entropy of the full next-token distribution (all logits, sampling temperature)",
+    "full": "exact entropy of the full next-token distribution (all logits, at the run's logprob temperature: "
+            "the sampling temperature, 1 when greedy)",
     "full_t1": "exact entropy of the full next-token distribution at temperature 1",
     "topk_renorm": "top-k probabilities renormalised to sum 1 (Think Just Enough, arXiv 2510.08146)",
     "topk_tail": "top-k probabilities plus one tail bucket of mass 1 - sum p_k (ARES, arXiv 2510.08457)",

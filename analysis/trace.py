@@ -22,12 +22,12 @@ class Trace:
 
     prompt: str
     tokens: list[str]
-    logprobs: np.ndarray                      # [T] chosen token's logprob (nats), NaN if unknown
+    logprobs: np.ndarray                      # [T] chosen token's logprob (nats; the source's T), NaN if unknown
     token_ids: np.ndarray | None = None       # [T] int, -1 if unknown
     topk_ids: np.ndarray | None = None        # [T, k] int
     topk_tokens: list[list[str]] | None = None  # text of the alternatives (when ids are unknown)
     topk_logprobs: np.ndarray | None = None   # [T, k] float
-    entropy_full: np.ndarray | None = None    # [T] at the sampling temperature
+    entropy_full: np.ndarray | None = None    # [T] at the sampling temperature (1 when greedy)
     entropy_full_t1: np.ndarray | None = None  # [T] at temperature 1
     boundary: int | None = None               # first answer token; None -> computed from marker
     marker: str | None = THINK_MARKER
