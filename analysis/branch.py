@@ -211,13 +211,13 @@ def decode(lm: LoadedModel, prefix: Prefix, first: torch.Tensor | None, rows: in
     """Continue ``rows`` rollouts from an encoded prefix. ``first`` [rows]: the token forced at t
     (-1: sample it). Returns the new token ids [rows, steps], the recorder's arrays and each
     row's length (through its end-of-sequence token, or the budget: 1 + max_new_tokens)."""
-    from .record import _stop_ids
+    from .record import stop_ids
     rec = StepRecorder(temperature, top_k)
     logits = prefix.logits[None, :].expand(rows, -1)
     rec(None, logits)
     sampled = _pick(logits, do_sample, temperature, top_p, gen)
     tok = sampled if first is None else torch.where(first >= 0, first, sampled)
-    stops = torch.tensor(sorted(_stop_ids(lm)))
+    stops = torch.tensor(sorted(stop_ids(lm)))
     cache = expand_cache(prefix.cache, rows)
     seqs = torch.tensor([prefix.ids]).expand(rows, -1) if processors else None
     out = [tok]
@@ -351,8 +351,8 @@ def _rollout_trace(lm, parent: Parent, pos: int, b: Branch, idx: int, ids: np.nd
 
 
 def _ends(lm, ids) -> bool:
-    from .record import _stop_ids
-    return len(ids) > 0 and int(ids[-1]) in _stop_ids(lm)
+    from .record import stop_ids
+    return len(ids) > 0 and int(ids[-1]) in stop_ids(lm)
 
 
 # --------------------------------------------------------------------------- storing, sweeping

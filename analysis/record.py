@@ -196,9 +196,6 @@ def stop_ids(lm: LoadedModel) -> set[int]:
     return ids
 
 
-_stop_ids = stop_ids
-
-
 class Stopping(Protocol):
     """Ends rows of a generation early; ``iter_generate`` and ``record_run`` apply one to every
     batch (``analysis.stopping.EarlyStop`` is the entropy rule)."""
