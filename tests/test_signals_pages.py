@@ -162,3 +162,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["--store", p, "checkpoint", "1", "--step", "5"]) == 0
     assert cli.main(["--store", p, "checkpoints", "1"]) == 0
     assert "no fit" in capsys.readouterr().out
+
+
+def test_checkpoint_step_on_ingest_and_generate(tmp_path):
+    import argparse
+
+    from analysis.cli_signals import tag_runs_created
+    from analysis.compare import checkpoint_runs
+
+    p = str(tmp_path / "tag.duckdb")
+    fixture = Path(__file__).resolve().parent / "fixtures" / "formats" / "openai_chat.jsonl"
+    assert cli.main(["--store", p, "ingest", str(fixture), "--checkpoint-step", "40"]) == 0
+    store = Store(p)
+    assert checkpoint_runs(store)["step"].tolist() == [40.0]
+    # generate: every run the command creates gets the step as it is created
+    tag_runs_created(store, argparse.Namespace(checkpoint_step=80.0))
+    rid = store.create_run("generated", "generate", "m", {"temperature": 0.7})
+    runs = checkpoint_runs(Store(p))
+    assert runs.set_index("run_id").loc[rid, "step"] == 80.0
+    assert "--checkpoint-step" in cli.build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
