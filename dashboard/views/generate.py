@@ -97,8 +97,18 @@ else:
                                                                     if len(prompts) > 1 else "")
 
 with st.expander("Model and sampling", expanded=False):
-    model_spec = st.text_input("Model (folder, .gguf file or cached hub id; empty = embedded SmolLM2-135M-Instruct)",
-                               "", key="generate.model")
+    backend = st.radio("Backend", ["local model", "inference server"], horizontal=True, key="generate.backend",
+                       help="An inference server (vLLM, SGLang, llama.cpp, Ollama or an OpenAI-compatible gateway) "
+                            "gives the top-k logprobs; a local model also the full-vocabulary entropy.")
+    if backend == "inference server":
+        s1, s2, s3, s4 = st.columns([3, 2, 2, 1])
+        server_url = s1.text_input("Server URL", "http://127.0.0.1:8000", key="generate.server_url")
+        model_spec = s2.text_input("Served model (empty: the first it lists)", "", key="generate.server_model")
+        key_env = s3.text_input("API key variable (its name; the key is never stored)", "", key="generate.key_env")
+        concurrency = s4.number_input("In flight", 1, 256, 4, key="generate.concurrency")
+    else:
+        model_spec = st.text_input("Model (folder, .gguf file or cached hub id; empty = embedded SmolLM2-135M-Instruct)",
+                                   "", key="generate.model")
     c1, c2, c3, c4 = st.columns(4)
     temperature = c1.number_input("Temperature", 0.05, 2.0, defaults.TEMPERATURE, 0.05, key="generate.temperature")
     top_p = c2.number_input("Top-p", 0.05, 1.0, defaults.TOP_P, 0.05, key="generate.top_p")
@@ -141,12 +151,25 @@ if go:
     stop = st.empty()
     stop.button("Stop after this batch", key="generate.stop")
     try:
-        lm = get_model(model_spec.strip())
+        run_kwargs = dict(on_traces=grading.grade_traces if graded else None,
+                          progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d} / {t} traces"))
+        if backend == "inference server":  # requests in flight; Stop keeps every trace stored so far
+            from analysis.server.generate import record_server_run
+            from analysis.server.servers import connect
+            server = connect(server_url.strip(), model_spec.strip() or None, api_key_env=key_env.strip() or None,
+                             top_k=settings.top_k)
+        else:
+            lm = get_model(model_spec.strip())
         bar = st.progress(0.0, text="generating ...")
         st.session_state[PENDING] = {"after": max(state.store().runs()["run_id"], default=0), "name": name}
-        res = record_run(state.store(), lm, prompts, settings, name, source="generate",
-                         on_traces=grading.grade_traces if graded else None,
-                         progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{d} / {t} traces"))
+        if backend == "inference server":
+            res = record_server_run(state.store(), server, prompts, settings, name, concurrency=int(concurrency),
+                                    api_key_env=key_env.strip() or None, **run_kwargs)
+            if res.failed:
+                st.warning(f"{len(res.failed)} request(s) failed for good; they are listed in the run's settings "
+                           f"(Runs page), e.g. {md(res.failed[0]['reason'])}")
+        else:
+            res = record_run(state.store(), lm, prompts, settings, name, source="generate", **run_kwargs)
     except ThinkscopeError as e:
         st.session_state.pop(PENDING, None)
         st.error(md(e))

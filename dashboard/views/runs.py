@@ -46,7 +46,11 @@ if not stats.empty:
 
 with st.expander("Run details and settings", expanded=state.SHARED_RUN in st.session_state):
     run_id = state.select_run("runs.detail", runs)
-    st.json(json_settings(runs.loc[runs.run_id == run_id, "settings"].iloc[0]))
+    details = json_settings(runs.loc[runs.run_id == run_id, "settings"].iloc[0])
+    if details.get("n_failed"):  # requests to an inference server that failed for good (analysis.server)
+        st.warning(f"{int(details['n_failed'])} request(s) of this run failed for good; each is listed with its "
+                   f"reason under `failed` below, and `thinkscope generate --resume {int(run_id)}` retries them.")
+    st.json(details)
     c1, c2 = st.columns(2)
     if c1.button("Open in the trace explorer", key="runs.open"):
         state.open_page("views/explorer.py", run_id)
