@@ -7,6 +7,7 @@
                                [--lexicon [FILE]] [--estimator best] [--unit nats|bits] [--format table|csv|jsonl]
     thinkscope tokens RUN TRACE [--alternatives 5] # a trace token by token, with its alternatives
     thinkscope layers RUN [--field lens_entropy] [--by trace|difficulty|correct]  # per-layer profiles
+    thinkscope anchors RUN TRACE [--layer L] [--raw] [--percent 20]  # anchor / explorer tokens
     thinkscope delete RUN [--yes]            # remove a run and its traces (asks first)
 """
 
@@ -172,6 +173,34 @@ def cmd_layers(args) -> int:
     return 0
 
 
+def cmd_anchors(args) -> int:
+    import numpy as np
+
+    from .layer_stats import trace_anchors
+    table, name, est = trace_anchors(_store(args), args.run_id, args.trace_id, args.layer, not args.raw, args.percent)
+    s = _scale(args.unit)
+    a_unit = "ratio" if not args.raw else args.unit
+    if args.raw:
+        table["attention"] = table["attention"] * s
+    table["token_entropy"] = table["token_entropy"] * s
+    say = (lambda *p: echo(*p, file=sys.stderr)) if args.format != "table" else echo
+    say(f"{name} in {a_unit}: anchors at or below its {args.percent:g}th percentile, explorers at or above the "
+        f"{100 - args.percent:g}th (arXiv 2605.07660)")
+    for g in ("anchor", "middle", "explorer"):
+        sel = table["group"] == g
+        v = float(np.nanmean(table.loc[sel, "token_entropy"])) if sel.any() else float("nan")
+        say(f"{ {'anchor': 'anchors', 'middle': 'middle', 'explorer': 'explorers'}[g]}: {int(sel.sum())} tokens, "
+            "mean token entropy "
+            + ("n/a" if v != v else f"{v:.4f} {args.unit}") + f" ({est})")
+    if args.all:
+        out = table
+    else:
+        out = table[table["group"].isin(["anchor", "explorer"])].sort_values(["group", "attention"])
+    out = out.rename(columns={"attention": f"attention_{a_unit}", "token_entropy": f"token_entropy_{args.unit}"})
+    write_rows(out.round(4), args.format, ("token",))
+    return 0
+
+
 def cmd_delete(args) -> int:
     from .runs import delete_run, run_info
     store = _store(args)
@@ -231,6 +260,17 @@ def register(sub) -> None:
     y.add_argument("--unit", choices=list(UNITS), default="nats")
     y.add_argument("--format", choices=FORMATS, default="table")
     y.set_defaults(func=cmd_layers)
+
+    a = sub.add_parser("anchors", help="a trace's anchor and explorer tokens by attention entropy")
+    a.add_argument("run_id", type=int)
+    a.add_argument("trace_id", type=int)
+    a.add_argument("--layer", type=int, help="the (1-based) layer; default: the mean over layers")
+    a.add_argument("--raw", action="store_true", help="attention entropy not divided by ln(visible positions)")
+    a.add_argument("--percent", type=float, default=20.0, help="anchors <= this percentile, explorers >= 100 - it")
+    a.add_argument("--all", action="store_true", help="every token, not only the anchors and explorers")
+    a.add_argument("--unit", choices=list(UNITS), default="nats")
+    a.add_argument("--format", choices=FORMATS, default="table")
+    a.set_defaults(func=cmd_anchors)
 
     d = sub.add_parser("delete", help="remove a run and all its traces from the store")
     d.add_argument("run_id", type=int)

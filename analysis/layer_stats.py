@@ -113,3 +113,42 @@ def run_profiles(store, run_id: int, field: str = "lens_entropy", by: str = "tra
         groups = pd.Series(traces["correct"].map({True: "correct", False: "incorrect"}).values,
                            index=traces["trace_id"].astype(int)).dropna()
     return profile_groups(prof, groups, layers)
+
+
+def trace_anchors(store, run_id: int, trace_id: int, layer: int | None = None, normalised: bool = True,
+                  percent: float = 20.0) -> tuple[pd.DataFrame, str, str]:
+    """The Layers page's anchor/explorer split of one trace: per token its position, token,
+    attention entropy (mean over heads, of ``layer`` or of every layer when None; divided by
+    ln(visible positions) when ``normalised``), group (``split_anchors_explorers``) and token
+    entropy (nats). Returns (table, attention quantity's name, token entropy estimator)."""
+    import json
+
+    from .errors import ThinkscopeError
+    from .runs import check_trace
+    from .store import ENTROPY_COLUMNS
+    check_trace(store, run_id, trace_id)
+    lay = store.token_layers(int(trace_id))
+    col = "attn_entropy_norm" if normalised else "attn_entropy"
+    if col not in lay or not len(lay) or lay[col].isna().all():
+        raise ThinkscopeError(f"trace {trace_id} has no attention entropy per layer (generate with "
+                              "--attention-entropy)")
+    a = np.stack([np.asarray(v, np.float64) for v in lay[col]])
+    meta = store.trace(int(trace_id))["metadata"]
+    info = (json.loads(meta) if isinstance(meta, str) else meta or {}).get("layer_info", {})
+    layer_ids = info.get("attn_layers") or list(range(1, a.shape[1] + 1))
+    if layer is None:
+        with np.errstate(all="ignore"):
+            values = np.nanmean(a, axis=1)
+        where = "mean over heads and layers"
+    elif layer in layer_ids:
+        values, where = a[:, layer_ids.index(layer)], f"mean over heads, layer {layer}"
+    else:
+        raise ThinkscopeError(f"layer {layer} has no attention record; recorded: {layer_ids[0]}..{layer_ids[-1]}")
+    tok = store.tokens(int(trace_id), with_alternatives=False)
+    est = "full_t1" if "entropy_full_t1" in tok and tok["entropy_full_t1"].notna().any() else "best"
+    h = tok[ENTROPY_COLUMNS.get(est, "entropy")].to_numpy(np.float64, na_value=np.nan)
+    name = ("attention entropy / ln(visible positions)" if normalised else "attention entropy") + f" ({where})"
+    table = pd.DataFrame({"position": np.arange(len(values)), "token": tok["token"].fillna("").tolist()[:len(values)],
+                          "group": split_anchors_explorers(values, percent), "attention": values,
+                          "token_entropy": h[:len(values)]})
+    return table, name, est

@@ -181,6 +181,19 @@ def test_layer_profiles_by_correctness(capsys, tmp_path):
     assert float(got[2]) == pytest.approx(first["mean"].mean(), abs=1e-4) and int(got[5]) == len(first)
     code, _, err = run(capsys, "--store", str(s.path), "layers", str(rid - 1))
     assert code == 2 and "has no per-layer records" in err
+    # the anchor / explorer split of one trace, as on the Layers page
+    import numpy as np
+
+    from analysis.layer_stats import split_anchors_explorers
+    tid = s.layer_trace_ids(rid)[0]
+    code, out, err = run(capsys, "--store", str(s.path), "anchors", str(rid), str(tid), "--all", "--format", "csv")
+    import csv
+    rows = list(csv.reader(out.splitlines()))[1:]
+    a = np.nanmean(np.stack([np.asarray(v, float) for v in s.token_layers(tid)["attn_entropy_norm"]]), axis=1)
+    assert [r[2] for r in rows] == split_anchors_explorers(a, 20.0).tolist()
+    assert code == 0 and "anchors at or below its 20th percentile" in err and "explorers: " in err
+    code, _, err = run(capsys, "--store", str(s.path), "anchors", str(rid), str(tid), "--layer", "999")
+    assert code == 2 and "layer 999 has no attention record" in err
 
 
 def test_preview_a_file_without_importing_it(capsys, tmp_path):
