@@ -29,7 +29,7 @@ import torch
 from . import branch_stats as bs
 from . import metrics
 from .errors import BranchError
-from .grading import GradingRule, grade
+from .grading import GradingRule, grade, normalise_text, parse_number
 from .models import LoadedModel
 from .record import GenerationSettings, StepRecorder, VocabText, build_prompt_ids, token_pieces, vocab_for
 from .trace import Trace
@@ -207,10 +207,11 @@ def expand_cache(cache, rows: int):
 @torch.inference_mode()
 def decode(lm: LoadedModel, prefix: Prefix, first: torch.Tensor | None, rows: int, max_new_tokens: int,
            do_sample: bool, temperature: float, top_p: float, top_k: int, gen: torch.Generator,
-           processors: Sequence = ()) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+           processors: Sequence = (), stop: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Continue ``rows`` rollouts from an encoded prefix. ``first`` [rows]: the token forced at t
     (-1: sample it). Returns the new token ids [rows, steps], the recorder's arrays and each
-    row's length (through its end-of-sequence token, or the budget: 1 + max_new_tokens)."""
+    row's length (through its end-of-sequence token, or the budget: 1 + max_new_tokens).
+    ``stop`` False decodes the whole budget even when every row has ended (for timing)."""
     from .record import stop_ids
     rec = StepRecorder(temperature, top_k)
     logits = prefix.logits[None, :].expand(rows, -1)
@@ -223,7 +224,7 @@ def decode(lm: LoadedModel, prefix: Prefix, first: torch.Tensor | None, rows: in
     out = [tok]
     alive = ~torch.isin(tok, stops)
     for _ in range(int(max_new_tokens)):
-        if not alive.any():
+        if stop and not alive.any():
             break
         if seqs is not None:
             seqs = torch.cat([seqs, tok[:, None]], 1)
@@ -284,7 +285,7 @@ class PositionResult:
 
     def outcomes(self) -> list[bs.BranchOutcomes]:
         return [bs.BranchOutcomes(b.kind, b.token_id, b.rollouts[0].tokens[0] if b.rollouts else None, b.p,
-                                  [r.metadata.get("pred_answer") for r in b.rollouts],
+                                  [canonical_answer(r.metadata.get("pred_answer")) for r in b.rollouts],
                                   [r.metadata.get("correct") for r in b.rollouts]) for b in self.branches]
 
 
@@ -324,7 +325,7 @@ def branch_at(lm: LoadedModel, parent: Parent, pos: int, settings: BranchSetting
         if not settings.adaptive:
             break
         for b in branches:
-            answers = [r.metadata.get("pred_answer") for r in b.rollouts]
+            answers = [canonical_answer(r.metadata.get("pred_answer")) for r in b.rollouts]
             cats = sorted({bs.outcome(a) for a in answers})
             if len(b.rollouts) < settings.n and not bs.known_within(bs.counts(answers, cats), settings.tol):
                 target[id(b)] = min(settings.n, len(b.rollouts) + settings.step)
@@ -350,6 +351,15 @@ def _rollout_trace(lm, parent: Parent, pos: int, b: Branch, idx: int, ids: np.nd
     return tr
 
 
+def canonical_answer(pred: str | None) -> str | None:
+    """An extracted answer as an outcome label: numbers by value ('7.', '7.0' and '7' are one
+    outcome), other text normalised as the grader compares it; None stays None (no answer)."""
+    if pred is None or not str(pred).strip():
+        return None
+    v = parse_number(str(pred).strip().rstrip("."))
+    return f"{v:.12g}" if v is not None else normalise_text(str(pred))
+
+
 def _ends(lm, ids) -> bool:
     from .record import stop_ids
     return len(ids) > 0 and int(ids[-1]) in stop_ids(lm)
@@ -371,7 +381,8 @@ def store_position(store, lm: LoadedModel, parent: Parent, res: PositionResult, 
                          "forced_token_id": int(t.token_ids[0]), "forced_token": t.tokens[0],
                          # a fresh rollout's token at t was sampled: its p is its recorded logprob's
                          "forced_p": b.p if b.kind != "fresh" else float(np.exp(t.logprobs[0])),
-                         "rollout": i, "answer": t.metadata.get("pred_answer"), "correct": t.metadata.get("correct")})
+                         "rollout": i, "answer": canonical_answer(t.metadata.get("pred_answer")),
+                         "correct": t.metadata.get("correct")})
     store.add_branch_position(run_id, pd.DataFrame(rows, columns=list(_link_columns())), {
         "parent_trace_id": parent.trace_id, "pos": res.pos,
         "settings": {**settings.key(), "model": lm.name, "branches": len(res.branches)},

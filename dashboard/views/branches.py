@@ -65,7 +65,7 @@ def linked_text(tokens, values, vmax, unit, estimator, alternatives, marks, run_
     body = str(token_text.token_spans(tokens, values, vmax, unit, estimator, alternatives, marks=marks))
     return re.sub(r'<span class="tok" data-pos="(\d+)"(.*?)</span>',
                   lambda m: (f'<a class="tok" href="?run={run_id}&amp;trace={trace_id}&amp;pos={m[1]}" '
-                             f'target="_self" data-pos="{m[1]}"{m[2]}</a>'), body)
+                             f'target="_self" data-pos="{m[1]}"{m[2]}</a>'), body, flags=re.S)
 
 
 def fork_chart(table: pd.DataFrame, labels, win: np.ndarray, unit: str, w: int, selected: int | None) -> go.Figure:
@@ -265,10 +265,11 @@ table, stats = state.cached(positions, trace_id, eps)
 
 asked = st.query_params.get("pos")
 if asked is not None and asked.isdigit() and int(asked) < tt.n and st.session_state.get("branches.asked") != asked:
-    st.session_state["branches.asked"] = asked
+    st.session_state["branches.asked"] = asked  # a clicked token (a link): taken once
     state.seed("branches.pos", int(asked))
-pos = int(st.number_input("Position t (or click a token below)", 0, tt.n - 1,
-                          int(table["pos"].iloc[0]) if len(table) else 0, key="branches.pos"))
+elif not 0 <= st.session_state.get("branches.pos", -1) < tt.n:  # first visit, or another trace
+    state.seed("branches.pos", int(table["pos"].iloc[0]) if len(table) else 0)
+pos = int(st.number_input("Position t (or click a token below)", 0, tt.n - 1, key="branches.pos"))
 
 st.plotly_chart(fork_chart(table, tt.labels, win, unit, 4, pos), width="stretch", key="branches.curve")
 m = st.columns(3)
