@@ -105,14 +105,18 @@ def run_profiles(store, run_id: int, field: str = "lens_entropy", by: str = "tra
     info = (json.loads(meta) if isinstance(meta, str) else meta or {}).get("layer_info", {})
     n_k = int(prof["k"].max()) + 1 if len(prof) else 0
     layers = info.get("lens_layers" if field == "lens_entropy" else "attn_layers") or list(range(1, n_k + 1))
+    return profile_groups(prof, group_labels(traces, by), layers)
+
+
+def group_labels(traces: pd.DataFrame, by: str) -> pd.Series:
+    """A group label per trace_id: 'trace N', its difficulty bin (``difficulty_bins``) or
+    'correct'/'incorrect' (ungraded traces left out)."""
+    ids = traces["trace_id"].astype(int)
     if by == "trace":
-        groups = pd.Series({int(t): f"trace {int(t)}" for t in traces["trace_id"]})
-    elif by == "difficulty":
-        groups = pd.Series(difficulty_bins(traces).values, index=traces["trace_id"].astype(int))
-    else:
-        groups = pd.Series(traces["correct"].map({True: "correct", False: "incorrect"}).values,
-                           index=traces["trace_id"].astype(int)).dropna()
-    return profile_groups(prof, groups, layers)
+        return pd.Series([f"trace {t}" for t in ids], index=ids)
+    if by == "difficulty":
+        return pd.Series(difficulty_bins(traces).values, index=ids)
+    return pd.Series(traces["correct"].map({True: "correct", False: "incorrect"}).values, index=ids).dropna()
 
 
 def trace_anchors(store, run_id: int, trace_id: int, layer: int | None = None, normalised: bool = True,

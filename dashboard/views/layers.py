@@ -100,13 +100,11 @@ def comparisons(run_id: int, traces: pd.DataFrame, fields: dict, unit: str) -> N
         labels = pd.Series({int(r.trace_id): state.trace_label(r, with_entropy=False) for r in traces.head(12).itertuples()})
         note = "One line per trace (the first 12), each its mean over tokens; band: none."
     elif by == "difficulty":
-        bins = layers.difficulty_bins(traces)
-        labels = pd.Series(bins.values, index=traces.trace_id.astype(int))
+        labels = layers.group_labels(traces, by)
         note = ("Difficulty: the problem set's level, else the pass rate over samples (ARES buckets); mean over "
                 "traces with a 95% interval.")
     else:
-        labels = pd.Series(traces["correct"].map({True: "correct", False: "incorrect"}).values,
-                           index=traces.trace_id.astype(int)).dropna()
+        labels = layers.group_labels(traces, by)
         note = "Correct vs incorrect traces (graded runs); mean over traces with a 95% interval."
     grouped = layers.profile_groups(prof, labels, layer_ids)
     if field != "attn_entropy_norm":
