@@ -54,6 +54,11 @@ def generate_through_server(args, store, prompts, settings) -> int:
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ThinkscopeError("--concurrency must be at least 1")
+    local_only = [f for f, on in (("--early-stop", args.early_stop), ("--logit-lens", args.logit_lens),
+                                  ("--attention-entropy", args.attention_entropy)) if on]
+    if local_only:
+        raise ThinkscopeError(f"{', '.join(local_only)} need a local model (the model's logits and layers); "
+                              "a server returns top-k logprobs only")
     on_traces = None
     if args.problems:
         from .grading import GradingRule, grade_traces
@@ -144,7 +149,8 @@ def cmd_score(args) -> int:
         if batch:
             store.add_traces(run_id, batch, vocab)
             n, tokens = n + len(batch), tokens + sum(t.n_tokens for t in batch)
-        bar(len(items), len(items))
+        if failed and failed[-1]["item"] == len(items) - 1:  # the bar ends with the last item
+            bar(len(items), len(items))
     except KeyboardInterrupt:
         status = "interrupted"
         return 130

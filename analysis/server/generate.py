@@ -394,8 +394,8 @@ def _record(store, server, prompts, settings, run_id, pairs, concurrency, progre
                  "n_failed": len(rec.failed)}
         if server.notes:
             patch["server_notes"] = list(dict.fromkeys(server.notes))
-        if gone is not None:
-            patch["stopped"] = f"the server stopped answering: {gone}"
+        # JSON merge-patch: a null removes what an earlier, interrupted call said
+        patch["stopped"] = f"the server stopped answering: {gone}" if gone is not None else None
         store.merge_settings(run_id, patch)
         store.finish_run(run_id, status)
     if gone is not None:
