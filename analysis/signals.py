@@ -36,6 +36,9 @@ from .errors import SignalError
 
 #: two-sided 95 % interval from the bootstrap's percentiles
 CI_LEVEL = 0.95
+#: right and wrong traces a signal needs, each, for a verdict: with fewer, the percentile
+#: interval rests on a handful of pairs and on resamples that happen to contain them
+MIN_CLASS = 5
 
 
 # --------------------------------------------------------------------------- ranking metrics
@@ -319,8 +322,10 @@ def evaluate_signals(values: dict[str, np.ndarray], wrong, groups=None, specs: d
         boot_auc, boot_ap = _bootstrap_auc_ap(s, yy, gi[ok], chunks)
         a = percentile_interval(_weighted_auroc(order, starts, yy, one)[0], boot_auc)
         p = percentile_interval(_weighted_ap(order, starts, yy, one)[0], boot_ap)
+        right, wrong_n = int((~yy).sum()), int(yy.sum())
+        judged = verdict(a) if min(right, wrong_n) >= MIN_CLASS else f"too few to judge ({right} right, {wrong_n} wrong)"
         row.update(auroc=a.value, auroc_low=a.low, auroc_high=a.high, auprc=p.value, auprc_low=p.low,
-                   auprc_high=p.high, auprc_chance=float(yy.mean()), resamples=a.resamples, verdict=verdict(a))
+                   auprc_high=p.high, auprc_chance=float(yy.mean()), resamples=a.resamples, verdict=judged)
         return row
 
     # numpy's gathers, prefix sums and products release the GIL: signals run side by side

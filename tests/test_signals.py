@@ -105,6 +105,15 @@ def test_verdicts_and_orientation():
     assert rev["verdict"] == "reversed (below chance)"
 
 
+def test_too_few_right_or_wrong_traces_get_no_verdict():
+    # one right trace among twelve: a perfect separation, but no verdict on one pair set
+    s = np.arange(12.0)
+    y = np.ones(12, bool)
+    y[0] = False
+    row = sig.evaluate_signals({"s": s}, y, n_resamples=200).table.iloc[0]
+    assert row["auroc"] == 1.0 and row["verdict"] == "too few to judge (1 right, 11 wrong)"
+
+
 def test_problem_bootstrap_is_wider_than_the_trace_bootstrap_for_clustered_data():
     rng = np.random.default_rng(2)
     problems = np.repeat(np.arange(40), 8)

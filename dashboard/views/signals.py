@@ -76,6 +76,7 @@ t = ev.table
 beat = t.loc[t["verdict"] == "better than chance", "label"].tolist()
 reversed_ = t.loc[t["verdict"] == "reversed (below chance)", "label"].tolist()
 none = t.loc[t["verdict"].isin(["not distinguishable from chance", "no interval"]), "label"].tolist()
+few = t.loc[t["verdict"].str.startswith("too few"), "label"].tolist()
 if beat:
     st.success("Better than chance on this run (AUROC interval above 0.5): " + md("; ".join(beat)) + ".")
 else:
@@ -85,6 +86,9 @@ if reversed_:
                + md("; ".join(reversed_)) + ".")
 if none:
     st.caption("Not distinguishable from chance (interval holds 0.5): " + md("; ".join(none)) + ".")
+if few:
+    st.caption(f"No verdict, fewer than {sig.MIN_CLASS} right or wrong traces have a value: " + md("; ".join(few))
+               + ".")
 st.dataframe(ranked_table(t), hide_index=True, width="stretch", key="signals.table")
 if (t["n"] < ev.n).any():
     st.caption("A trace where a signal is undefined (no answer part, no logprobs, a problem with one sample) is "
