@@ -12,6 +12,7 @@ and the graded / early-stopped generation that ``thinkscope generate --problems 
 from __future__ import annotations
 
 from .errors import ThinkscopeError
+from .metrics import conditions_text
 
 
 def _store(args):
@@ -119,6 +120,8 @@ def cmd_difficulty(args) -> int:
     _, s = dif.difficulty_table(stats, args.estimator, args.phase, binning)
     cols = ["run_id", "bin", "count", "mean_entropy", "ci_low", "ci_high", "accuracy", "mean_tokens"]
     echo(f"mean sequence entropy (nats, {args.estimator}, phase {args.phase}) per difficulty bin, 95% t-interval")
+    for rid in args.run_ids:
+        echo(f"run {rid}: {conditions_text(args.estimator, store.run_settings(rid))}")
     echo(s[cols].round(4).to_string(index=False))
     for rid in args.run_ids:
         names = s.loc[s["run_id"] == rid, "bin"].tolist()
@@ -149,7 +152,7 @@ def cmd_calibrate(args) -> int:
     cfg = es.threshold_config(cal, tau, info.model, info.settings, args.run_id, cue, args.answer_tokens)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(cfg.to_json())
-    echo(f"signal: {cal.signal_name} ({args.estimator}, nats)")
+    echo(f"signal: {cal.signal_name} ({args.estimator}, nats); {conditions_text(args.estimator, info.settings)}")
     echo(f"tau_mean {th.tau_mean:.4f} nats, tau_info {th.tau_info:.4f} nats (Cohen's d {th.cohens_d:.3f}, "
          f"{th.n_correct} correct / {th.n_incorrect} incorrect calibration traces)")
     note = cal.note()

@@ -184,3 +184,19 @@ def test_preview_says_what_the_logprobs_are():
     p = preview(FIX / "llamacpp_completion.json")
     assert p.logprobs == {"logprob_temperature": 1.0, "logprob_truncation": "none"}
     assert metrics.conditions_text(p.traces[0].estimator, p.logprobs).endswith("at T = 1, no top-p/top-k truncation")
+
+
+def test_cli_difficulty_names_each_runs_temperature(capsys, tmp_path):
+    from analysis.cli import main
+
+    s = Store(tmp_path / "d.duckdb")
+    for t, greedy in ((0.7, False), (0.7, True)):
+        rid = s.create_run("r", "generate", "tiny-llama", GenerationSettings(temperature=t, do_sample=not greedy).to_dict())
+        s.add_traces(rid, [Trace("q", [" a", " b", " c"], np.full(3, -0.5), entropy_full=np.array([0.2, 0.4, 0.6]),
+                                 metadata={"problem_id": f"p{j}", "level": 1 + j % 2, "correct": bool(j % 2)})
+                           for j in range(4)])
+        s.finish_run(rid)
+    assert main(["--store", str(s.path), "difficulty", "1", "2", "--estimator", "full"]) == 0
+    out = capsys.readouterr().out
+    assert "run 1: full at T = 0.7, no top-p/top-k truncation" in out
+    assert "run 2: full at T = 1, no top-p/top-k truncation" in out
