@@ -50,7 +50,7 @@ def add_generate_arguments(g) -> None:
 def generate_through_server(args, store, prompts, settings) -> int:
     """``generate --server URL`` or ``generate --resume RUN``."""
     from .record import Terminated
-    from .server.generate import ServerGone, record_server_run, resume_server_run
+    from .server.generate import record_server_run, resume_server_run
 
     if args.concurrency is not None and args.concurrency < 1:
         raise ThinkscopeError("--concurrency must be at least 1")
@@ -97,8 +97,6 @@ def generate_through_server(args, store, prompts, settings) -> int:
         print("\ninterrupted: the finished traces are kept (run marked 'interrupted'); "
               "`thinkscope generate --resume RUN` sends the rest", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
-    except ServerGone:
-        raise
     share = res.write_seconds / res.seconds if res.seconds > 0 else 0.0
     echo(f"run {res.run_id}: {res.n_traces} traces, {res.n_tokens} tokens in {res.seconds:.1f} s -> {store.path} "
          f"({res.stored} of {res.total} (prompt, sample) pairs stored; storing took {100 * share:.1f} % of the time)")

@@ -4,7 +4,6 @@ SmolLM2 GGUF), with faults injected by a local proxy."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,8 +14,7 @@ import pytest
 
 from analysis.formats.ingest import ingest_file
 from analysis.record import GenerationSettings, Prompt
-from analysis.server.generate import ServerGone, record_server_run, resume_server_run
-from analysis.server.http import ServerError
+from analysis.server.generate import record_server_run
 from analysis.store import Store
 from tests.server_support import ROOT, FaultProxy, LlamaServer, cli
 

@@ -36,8 +36,12 @@ MAX_FAILED_LISTED = 200
 ProgressFn = Callable[[int, int], None]
 
 
-class ServerGone(ServerError):
-    """The server stopped answering (no connection after the retries): the run stops."""
+class RunStopped(ServerError):
+    """A fault that every further request would meet too: the run stops (interrupted)."""
+
+
+class ServerGone(RunStopped):
+    """The server stopped answering (no connection after the retries)."""
 
 
 @dataclass
@@ -160,7 +164,7 @@ class _Recorder:
     # ---------------------------------------------------------------- one request (worker thread)
     def send(self, job: Job) -> "Outcome":
         """Send one request (lowering top-k to a limit the server states); a failure for good is
-        returned, a server that stopped answering raises ServerGone."""
+        returned; a server that stopped answering, or refuses the key, raises RunStopped."""
         s = self.settings
         seed = s.seed + job.prompt_idx * max(1, s.samples) + job.samples[0]
         while True:
@@ -174,7 +178,9 @@ class _Recorder:
                 if again:
                     continue
                 if e.status is None and not e.timeout and not self.server.client.closed.is_set():
-                    raise ServerGone(str(e), None, "", job.label) from None
+                    raise ServerGone(f"the server stopped answering ({e})", None, "", job.label) from None
+                if e.status in (401, 403):  # a key that is wrong for one request is wrong for all
+                    raise RunStopped(f"the server refuses the requests ({e})", e.status, e.body, job.label) from None
                 return Outcome(job, None, body, str(e))
 
     # ---------------------------------------------------------------- answers (main thread)
@@ -235,12 +241,12 @@ class _Recorder:
                 while jobs and len(inflight) < self.concurrency:
                     inflight.add(pool.submit(self.send, jobs.pop(0)))
                 finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
-                # a ServerGone stops the run here; the answers that came with it are stored first
+                # a RunStopped stops the run here; the answers that came with it are stored first
                 outcomes, gone = [], None
                 for f in finished:
                     try:
                         outcomes.append(f.result())
-                    except ServerGone as e:
+                    except RunStopped as e:
                         gone = e
                 while jobs and len(inflight) < self.concurrency and gone is None:  # before reading
                     inflight.add(pool.submit(self.send, jobs.pop(0)))
@@ -378,13 +384,13 @@ def _record(store, server, prompts, settings, run_id, pairs, concurrency, progre
                     failed, total, done)
     t0 = time.perf_counter()
     status = "complete"
-    gone: ServerGone | None = None
+    gone: RunStopped | None = None
     try:
         try:
             rec.run(pairs)
         finally:  # every trace read so far is stored, whatever stopped the run
             rec.writer.close()
-    except ServerGone as e:
+    except RunStopped as e:
         status, gone = "interrupted", e
     except BaseException:
         status = "interrupted"
@@ -395,12 +401,12 @@ def _record(store, server, prompts, settings, run_id, pairs, concurrency, progre
         if server.notes:
             patch["server_notes"] = list(dict.fromkeys(server.notes))
         # JSON merge-patch: a null removes what an earlier, interrupted call said
-        patch["stopped"] = f"the server stopped answering: {gone}" if gone is not None else None
+        patch["stopped"] = str(gone) if gone is not None else None
         store.merge_settings(run_id, patch)
         store.finish_run(run_id, status)
     if gone is not None:
-        raise ServerGone(f"run {run_id} interrupted: the server stopped answering ({gone}); the finished "
-                         f"traces are kept; `thinkscope generate --resume {run_id}` sends the rest") from None
+        raise type(gone)(f"run {run_id} interrupted: {gone}; the finished traces are kept; "
+                         f"`thinkscope generate --resume {run_id}` sends the rest", gone.status) from None
     w = rec.writer
     return ServerRunResult(run_id, w.n_traces, w.n_tokens, status, time.perf_counter() - t0, rec.failed,
                            w.seconds, list(dict.fromkeys(server.notes)), total, rec.done - len(rec.failed))
