@@ -60,20 +60,20 @@ def cmd_branch(args) -> int:
     if args.estimate_only:
         return 0
     from tqdm import tqdm
-    bar = tqdm(total=len(positions), desc="branching", unit="position", file=sys.stderr)
+    bars: list = []
 
     def progress(done: int, total: int, res) -> None:
-        if res is None:
-            bar.total = total
-            bar.refresh()
+        if res is None:  # the positions left to do (finished ones are kept and skipped)
+            bars.append(tqdm(total=total, desc="branching", unit="position", file=sys.stderr))
             return
-        bar.update(1)
-        bar.set_postfix_str(f"t={res.pos} {res.n_generated} rollouts")
+        bars[0].update(1)
+        bars[0].set_postfix_str(f"t={res.pos} {res.n_generated} rollouts")
 
     from .record import sigterm_as_interrupt
     with sigterm_as_interrupt():
         out = br.sweep(store, lm, parent, positions, settings, progress)
-    bar.close()
+    for bar in bars:
+        bar.close()
     saved = out["budget"] - out["rollouts"]
     _echo(f"trace {parent.trace_id}: {out['done']} positions branched, {out['skipped']} already done (kept); "
           f"{out['rollouts']} rollouts, {out['tokens']} new tokens in {out['seconds']:.1f} s"
