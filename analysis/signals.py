@@ -39,6 +39,8 @@ CI_LEVEL = 0.95
 #: right and wrong traces a signal needs, each, for a verdict: with fewer, the percentile
 #: interval rests on a handful of pairs and on resamples that happen to contain them
 MIN_CLASS = 5
+#: fewer resampling units (problems or traces) than this make the bootstrap interval rough
+FEW_CLUSTERS = 10
 
 
 # --------------------------------------------------------------------------- ranking metrics
@@ -337,6 +339,9 @@ def evaluate_signals(values: dict[str, np.ndarray], wrong, groups=None, specs: d
     notes = []
     if by_problem:
         notes.append(f"bootstrap over {np.unique(g).size} problems (samples of one problem are not independent)")
+    if np.unique(g).size < FEW_CLUSTERS:
+        notes.append(f"only {np.unique(g).size} {'problems' if by_problem else 'traces'} to resample: the intervals "
+                     "are rough (a resample can draw only so many distinct sets)")
     return Evaluation(table, n, int(y.sum()), int(np.unique(g).size), n_resamples, by_problem, notes)
 
 

@@ -112,6 +112,9 @@ def test_too_few_right_or_wrong_traces_get_no_verdict():
     y[0] = False
     row = sig.evaluate_signals({"s": s}, y, n_resamples=200).table.iloc[0]
     assert row["auroc"] == 1.0 and row["verdict"] == "too few to judge (1 right, 11 wrong)"
+    # six problems of two samples: few units to resample, and the evaluation says so
+    ev = sig.evaluate_signals({"s": s}, y, np.repeat(np.arange(6), 2), n_resamples=200)
+    assert ev.by_problem and any("only 6 problems to resample" in n for n in ev.notes)
 
 
 def test_problem_bootstrap_is_wider_than_the_trace_bootstrap_for_clustered_data():
