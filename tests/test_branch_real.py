@@ -80,8 +80,9 @@ def test_branches_page_shows_outcomes(branched, monkeypatch):
     assert any("answer <b>3</b>" in h for h in htmls), "the rollouts' texts with their answers"
 
 
-def test_browser_click_a_token_branch_and_see_outcomes(branched):
+def test_browser_click_a_token_branch_and_see_outcomes(branched, monkeypatch):
     store, _, _ = branched
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server's torch: one thread on shared cores
     with streamlit_server(store.path) as url, browser_page() as page:
         page.goto(url + f"/branches?run=1&trace={TRACE}")
         wait_for_app(page)
@@ -92,7 +93,9 @@ def test_browser_click_a_token_branch_and_see_outcomes(branched):
         page.get_by_text("Branched at t = 29").wait_for(timeout=400000)
         wait_for_app(page)
         page.get_by_text("Fork strength at t = 29").wait_for(timeout=60000)
-        page.locator(".sankey .node").first.wait_for(timeout=60000)  # alternatives -> outcomes
+        sankey = page.locator(".st-key-branches-sankey")  # alternatives -> outcomes
+        sankey.scroll_into_view_if_needed(timeout=60000)
+        sankey.locator(".sankey-node").first.wait_for(timeout=60000)
         assert page.locator("[data-testid='stDataFrame']").count() >= 1
     links = store.branch_rollouts(TRACE)
     assert 29 in set(links["pos"]) and len(links[links["pos"] == 29]) == 4  # original + '1', 2 rollouts each
