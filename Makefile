@@ -10,7 +10,7 @@ PORT ?= 8501
 # these CPU machines; the server tests record and score through it. A native build dies with
 # "Illegal instruction" where the CPU advertises AMX that the sandbox forbids, so it is built
 # for AVX2 without native detection, once: the wheel is kept in $(WHEELS) and reinstalled in
-# seconds (a fresh build compiles llama.cpp for about 7-15 minutes on two cores).
+# seconds (a fresh build compiles llama.cpp: 23.5 CPU-minutes, about 12 minutes on two idle cores).
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 WHEELS ?= $(HOME)/.cache/thinkscope/wheels

@@ -169,6 +169,8 @@ def cmd_score(args) -> int:
 
 
 def _run_items(store, run_id: int) -> list[tuple[str, str, dict]]:
+    import pandas as pd
+
     from .store import json_settings
     df = store.traces(run_id, with_completion=True)
     if df.empty:
@@ -176,7 +178,7 @@ def _run_items(store, run_id: int) -> list[tuple[str, str, dict]]:
     keep = ("problem_id", "question", "gold_answer", "level", "sample_idx")
     out = []
     for r in df.itertuples():
-        meta = {k: getattr(r, k) for k in keep if getattr(r, k, None) is not None and getattr(r, k) == getattr(r, k)}
+        meta = {k: getattr(r, k) for k in keep if not pd.isna(getattr(r, k, None))}
         meta.update({k: v for k, v in json_settings(r.metadata).items() if k in ("prompt_idx",)})
         meta["rescored_trace"] = int(r.trace_id)
         out.append((r.prompt or "", r.completion, meta))

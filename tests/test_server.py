@@ -312,7 +312,8 @@ def test_scoring_through_the_server_reproduces_its_generation(llama, tmp_path):
     same = [i for i in range(n) if tr.tokens[i] == gen["token"].iloc[i]]
     assert len(same) >= n - 1
     d = np.abs(np.asarray([tr.logprobs[i] for i in same]) - gen["logprob"].to_numpy()[same])
-    assert float(np.median(d)) < 0.05
+    assert np.isfinite(d).sum() >= len(same) - 1   # greedy tokens are among the top-k alternatives
+    assert float(np.nanmedian(d)) < 0.05
 
 
 def test_score_command_scores_a_file_and_rescores_a_run(llama, tmp_path):

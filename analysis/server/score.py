@@ -55,6 +55,8 @@ def score_text(server: Server, prompt: str, completion: str, *, marker: str = TH
         body = {"model": server.model, "prompt": full, "echo": True, "logprobs": int(server.top_k),
                 "max_tokens": 1, "temperature": 0.0}
         resp = _post(server, "/v1/completions", body, label)
+        if server.kind == "llama-cpp-python":
+            resp = _realign_llama_cpp(resp, int(server.top_k))
         rec = _echo_record(resp, prompt, full, label)
         from ..formats import completions as fmt
     pr = Problems(label)
@@ -79,6 +81,28 @@ def _post(server: Server, path: str, body: dict, label: str) -> dict:
     if not isinstance(resp, dict):
         raise ServerError(f"{label}: the answer is {type(resp).__name__}, expected a JSON object", request=label)
     return resp
+
+
+def _realign_llama_cpp(resp: dict, k: int) -> dict:
+    """llama-cpp-python (0.3) gives echoed token i the distribution that follows it (the one
+    predicting token i + 1) unless the model starts the prompt with a BOS token, which it
+    strips. Without one (the prompt's count in ``usage`` equals the echoed prompt tokens),
+    token i's alternatives are the first ``k`` of entry i - 1 (the chosen token is added after
+    them) and its logprob is its value there (unknown when it is not among them)."""
+    try:
+        lp = resp["choices"][0]["logprobs"]
+        toks, tops = lp["tokens"], lp["top_logprobs"]
+        n_prompt, n_comp = int(resp["usage"]["prompt_tokens"]), int(resp["usage"]["completion_tokens"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return resp
+    if n_prompt != len(toks) - n_comp or not isinstance(tops, list) or len(tops) != len(toks):
+        return resp  # a BOS was stripped: the entries are aligned
+    new_tops: list = [None]
+    for prev in tops[:-1]:
+        new_tops.append(dict(list(prev.items())[:k]) if isinstance(prev, dict) else None)
+    values = [None] + [t.get(s) if isinstance(t, dict) else None for s, t in zip(toks[1:], new_tops[1:])]
+    ch = {**resp["choices"][0], "logprobs": {**lp, "top_logprobs": new_tops, "token_logprobs": values}}
+    return {**resp, "choices": [ch]}
 
 
 def _cut(offsets: list[int], lengths: list[int], start: int, end: int) -> slice:
