@@ -2,7 +2,8 @@
 
 (a) Rollout cost. ``--rows`` continuations of ``--new-tokens`` tokens after a ``--prefix``-token
     prefix (real tokens: the demo traces' prompts and completions laid end to end), three ways,
-    each round running all three in turn (interleaved), after one warm-up:
+    each round running all three in turn (interleaved; branch and plain swap places every other
+    round), after one warm-up:
     - branch: ``analysis.branch``'s path, everything included: the prefix encoded once, its
       KV cache expanded across the batch, the forced first tokens, every step recorded
       (entropy at T and T = 1, top-20, chosen logprob);
@@ -94,8 +95,12 @@ def rollout_cost(lm, args) -> None:
     r_plain, r_re, rows = [], [], []
     for k in range(args.rounds):
         load0 = os.getloadavg()[0]
-        tb = branch_path(lm, ids, first, args.new_tokens, k)
-        tp = plain_generate(lm, prefix, first, args.new_tokens, k)
+        if k % 2 == 0:  # alternate which side runs first, so a changing load favours neither
+            tb = branch_path(lm, ids, first, args.new_tokens, k)
+            tp = plain_generate(lm, prefix, first, args.new_tokens, k)
+        else:
+            tp = plain_generate(lm, prefix, first, args.new_tokens, k)
+            tb = branch_path(lm, ids, first, args.new_tokens, k)
         te = reencode(lm, ids, args.rows) + tp
         r_plain.append(tb / tp)
         r_re.append(te / tb)
