@@ -55,7 +55,7 @@ def score_text(server: Server, prompt: str, completion: str, *, marker: str = TH
         body = {"model": server.model, "prompt": full, "echo": True, "logprobs": int(server.top_k),
                 "max_tokens": 1, "temperature": 0.0}
         resp = _post(server, "/v1/completions", body, label)
-        if server.kind == "llama-cpp-python":
+        if server.kind == "llama-cpp-python" and _echo_shifted(server, label):
             resp = _realign_llama_cpp(resp, int(server.top_k))
         rec = _echo_record(resp, prompt, full, label)
         from ..formats import completions as fmt
@@ -83,20 +83,43 @@ def _post(server: Server, path: str, body: dict, label: str) -> dict:
     return resp
 
 
+PROBE_TEXT = "The capital of France is"
+
+
+def _echo_shifted(server: Server, label: str) -> bool:
+    """Whether the server's echoed entries are one token late: llama-cpp-python (0.3) gives
+    echoed token i the distribution that follows it unless the model's prompt starts with a
+    BOS token (which it strips). Probed once per server: the greedy next token of a text and
+    its logprob, against the echo of that text (shifted: its last entry holds them)."""
+    if server.echo_shift is None:
+        nxt = _post(server, "/v1/completions", {"model": server.model, "prompt": PROBE_TEXT, "max_tokens": 1,
+                                                "temperature": 0.0, "logprobs": 1}, f"{label} (alignment probe)")
+        echo = _post(server, "/v1/completions", {"model": server.model, "prompt": PROBE_TEXT, "max_tokens": 1,
+                                                 "temperature": 0.0, "logprobs": 1, "echo": True},
+                     f"{label} (alignment probe)")
+        try:
+            tok = nxt["choices"][0]["logprobs"]["tokens"][0]
+            val = nxt["choices"][0]["logprobs"]["token_logprobs"][0]
+            last = echo["choices"][0]["logprobs"]["top_logprobs"][-1] or {}
+            server.echo_shift = abs(float(last.get(tok, float("inf"))) - float(val)) < 1e-3
+        except (KeyError, IndexError, TypeError, ValueError):
+            server.echo_shift = False
+        if server.echo_shift:
+            server.notes.append("the server's echoed logprobs are one token late (no BOS): realigned")
+    return server.echo_shift
+
+
 def _realign_llama_cpp(resp: dict, k: int) -> dict:
-    """llama-cpp-python (0.3) gives echoed token i the distribution that follows it (the one
-    predicting token i + 1) unless the model starts the prompt with a BOS token, which it
-    strips. Without one (the prompt's count in ``usage`` equals the echoed prompt tokens),
-    token i's alternatives are the first ``k`` of entry i - 1 (the chosen token is added after
-    them) and its logprob is its value there (unknown when it is not among them)."""
+    """Echoed entries one token late (see ``_echo_shifted``): token i's alternatives are the
+    first ``k`` of entry i - 1 (the chosen token is added after them) and its logprob is its
+    value there (unknown when it is not among them)."""
     try:
         lp = resp["choices"][0]["logprobs"]
         toks, tops = lp["tokens"], lp["top_logprobs"]
-        n_prompt, n_comp = int(resp["usage"]["prompt_tokens"]), int(resp["usage"]["completion_tokens"])
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError):
         return resp
-    if n_prompt != len(toks) - n_comp or not isinstance(tops, list) or len(tops) != len(toks):
-        return resp  # a BOS was stripped: the entries are aligned
+    if not isinstance(tops, list) or not isinstance(toks, list) or len(tops) != len(toks):
+        return resp
     new_tops: list = [None]
     for prev in tops[:-1]:
         new_tops.append(dict(list(prev.items())[:k]) if isinstance(prev, dict) else None)

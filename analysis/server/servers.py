@@ -75,6 +75,7 @@ class Server:
     top_k: int = 20                 # alternatives asked for (lowered to the server's limit)
     top_k_asked: int = 20
     n_ok: bool | None = None        # n samples in one request (None: not known yet)
+    echo_shift: bool | None = None  # echoed entries hold the next token's distribution (probed)
     notes: list[str] = field(default_factory=list)
 
     @property
