@@ -35,7 +35,7 @@ if runs.empty:
     state.select_run("compare.run", runs)
     st.stop()
 unit = state.unit()
-scale = 1 / metrics.LN2 if unit == "bits" else 1.0
+scale = metrics.unit_scale(unit)
 labels = {int(r.run_id): state.run_label(r) for r in runs.itertuples()}
 ids = list(labels)
 tab_tokens, tab_models, tab_steps = st.tabs(["Token entropy (Beyond 80/20)", "Models on the same tokens",
