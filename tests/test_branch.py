@@ -155,6 +155,24 @@ def test_unlinked_rollouts_are_dropped(forked, tiny_lm):
     assert store.traces(run_id).empty
 
 
+def test_deleting_runs_removes_their_branches(forked, tiny_lm):
+    store, parent, proc, t, _ = forked
+    settings = br.BranchSettings(n=2, max_new_tokens=12, fresh=False, top_k=5)
+    br.sweep(store, tiny_lm, parent, [t], settings, processors=[proc])
+    branch_run = store.branch_run(parent.run_id)
+    rollout = int(store.branch_rollouts(parent.trace_id)["trace_id"].iloc[0])
+    store.delete_run(branch_run)  # the rollouts' run: their links go, the parent's positions too
+    assert store.branch_rollouts(parent.trace_id).empty and store.rollout_parent(rollout) is None
+    assert store.branch_positions(parent.trace_id).empty  # so a sweep runs the position again
+    again = br.sweep(store, tiny_lm, parent, [t], settings, processors=[proc])
+    assert (again["skipped"], again["done"]) == (0, 1)
+    assert not store.branch_positions(parent.trace_id).empty
+    store.delete_run(parent.run_id)  # the parent run: its branch run and every link go with it
+    assert store.runs().empty
+    assert store.branch_positions(parent.trace_id).empty
+    assert store.counts() == {"runs": 0, "traces": 0, "tokens": 0}
+
+
 def test_shared_prefix_cache_matches_plain_generation(tiny_lm):
     """Greedy rollouts from the expanded cache equal transformers' generate on the whole prefix."""
     tok = tiny_lm.tokenizer

@@ -118,15 +118,27 @@ class Store(SignalsVerbs, BranchVerbs, ServerRunsMixin, Database):
             _finish(con, run_id, status)
 
     def delete_run(self, run_id: int) -> None:
-        """Remove a run and everything in it, in one transaction."""
+        """Remove a run and everything in it, in one transaction: its traces, their branch
+        links and finished branch positions (the positions its rollouts were branched at, for a run
+        of rollouts), and the run of rollouts branched from it."""
         with self.connect() as con:
             con.execute("BEGIN")
-            for table in ("token_layers", "tokens", "trace_stats"):
-                con.execute(f"DELETE FROM {table} WHERE trace_id IN "
-                            "(SELECT trace_id FROM traces WHERE run_id = ?)", [run_id])
-            con.execute("DELETE FROM traces WHERE run_id = ?", [run_id])
-            con.execute("DELETE FROM vocab WHERE run_id = ?", [run_id])
-            con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            children = [r[0] for r in con.execute(
+                "SELECT run_id FROM runs WHERE source = 'branch' "
+                "AND TRY_CAST(json_extract(settings, '$.parent_run') AS INTEGER) = ?", [run_id]).fetchall()]
+            for rid in [int(run_id), *children]:
+                traces = "(SELECT trace_id FROM traces WHERE run_id = ?)"
+                con.execute(  # positions whose rollouts go are no longer finished
+                    "DELETE FROM branch_positions p WHERE EXISTS (SELECT 1 FROM branch_rollouts l "
+                    f"WHERE l.parent_trace_id = p.parent_trace_id AND l.pos = p.pos AND l.trace_id IN {traces})",
+                    [rid])
+                for table in ("token_layers", "tokens", "trace_stats", "branch_rollouts"):
+                    con.execute(f"DELETE FROM {table} WHERE trace_id IN {traces}", [rid])
+                for table in ("branch_rollouts", "branch_positions"):
+                    con.execute(f"DELETE FROM {table} WHERE parent_trace_id IN {traces}", [rid])
+                con.execute("DELETE FROM traces WHERE run_id = ?", [rid])
+                con.execute("DELETE FROM vocab WHERE run_id = ?", [rid])
+                con.execute("DELETE FROM runs WHERE run_id = ?", [rid])
             con.execute("COMMIT")
 
     def add_traces(self, run_id: int, traces: list[Trace], vocab: dict[int, str] | None = None) -> list[int]:
