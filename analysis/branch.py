@@ -474,7 +474,6 @@ def estimate(parent: Parent, positions: Sequence[int], settings: BranchSettings,
     """Cost of branching ``positions`` at the full budget (adaptive sampling can only spend less)."""
     counts = branch_counts(parent, positions, settings)
     gens = [c * settings.n for c in counts]
-    steps = sum(-(-g // settings.batch_size) * (settings.max_new_tokens + 1) for g in gens)
     pre = sum(prompt_tokens + p for p in positions)
     # a decoding step's cost grows with the batch; scale the measured one linearly in rows
     per_row = rate["step_ms"] / max(1, rate["rows"])

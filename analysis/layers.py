@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 import pytest
 
 from analysis.store import connection as store_mod

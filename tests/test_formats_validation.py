@@ -21,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from analysis.formats import ingest_file, read_traces
-from analysis.formats.base import Context, IngestError, Problems
+from analysis.formats.base import Context, Problems
 from analysis.metrics import all_topk_entropies
 from analysis.trace import TraceError
 

@@ -223,7 +223,7 @@ def test_ingest_says_how_many_tokens_were_retokenised(embedded_lm, store, tmp_pa
     assert res.n_traces == 2
     warning = [w for w in res.warnings if "re-tokenised" in w]
     assert len(warning) == 1 and "1 trace(s) give their own tokens" in warning[0]
-    assert f"of the file's 4 tokens differ" in warning[0]
+    assert "of the file's 4 tokens differ" in warning[0]
     settings = json.loads(store.runs()["settings"].iloc[0])
     assert warning[0] in settings["warnings"]
     meta = [json.loads(m) for m in store.traces(res.run_id)["metadata"]]

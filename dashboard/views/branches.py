@@ -181,7 +181,6 @@ def position_panel(run_id: int, trace_id: int, pos: int, stats: dict | None, tt,
 
 
 def show_rollouts(trace_id: int, pos: int, tt, unit: str) -> None:
-    s = state.store()
     links = state.cached(rollouts, int(trace_id))
     links = links[links["pos"] == pos]
     context = html.escape("…" + "".join(tt.tokens[max(0, pos - CONTEXT_TOKENS):pos]))
