@@ -167,14 +167,14 @@ def position_panel(run_id: int, trace_id: int, pos: int, stats: dict | None, tt,
             rows.append({"branch": b["kind"], "token at t": "(sampled)" if b["kind"] == "fresh" else token_text.label_token(b["token"] or ""),
                          "p at t": b["p"], "rollouts": b["n"], "outcomes (share)": dist,
                          "TV to original [95 %]": fmt(b["tv"], *b["tv_interval"]),
-                         "KL smoothed (nats)": b["kl"], "accuracy": b["accuracy"],
+                         f"KL smoothed ({unit})": b["kl"] * metrics.unit_scale(unit), "accuracy": b["accuracy"],
                          "Δ accuracy [95 %]": fmt(b["d_accuracy"], *b["d_accuracy_interval"]),
                          "forks": b["forks"]})
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="branches.table")
         st.caption(f"Fork strength at t = {pos}: {fmt(stats['fork'], *stats['interval'])} (probability mass at t of "
                    "alternatives whose outcome distribution is at total variation ≥ ε from the original token's; "
                    "95 % posterior interval, Jeffreys-Dirichlet on each branch's outcomes). KL: Laplace-smoothed "
-                   "answer counts, nats. 'no answer' is its own outcome.")
+                   f"answer counts, {unit}. 'no answer' is its own outcome.")
         show_rollouts(trace_id, pos, tt, unit)
     with st.expander("Branch at this position" if stats is None else "Branch this position again", expanded=stats is None):
         branch_form(run_id, trace_id, pos, model)
@@ -204,7 +204,9 @@ def predicts_panel(run_id: int, trace_id: int, eps: float, level: float, unit: s
     c = st.columns(3)
     scope = c[0].radio("Positions", ["this trace", "the whole run"], horizontal=True, key="branches.scope")
     w = int(c[1].number_input("Window w", 1, 32, 4, key="branches.w"))
-    tau = float(c[2].number_input("Fixed rule's τ (nats)", 0.0, 20.0, 1.0, 0.1, key="branches.tau"))
+    scale = metrics.unit_scale(unit)  # τ is asked in the page's unit, used in nats
+    tau = float(c[2].number_input(f"Fixed rule's τ ({unit})", 0.0, round(20.0 * scale, 2), round(1.0 * scale, 2),
+                                  0.1, key=f"branches.tau.{unit}")) / scale
     pred = state.cached(predictors, int(run_id), float(eps), w, tau)
     if scope == "this trace":
         pred = pred[pred["trace_id"] == trace_id]

@@ -68,7 +68,7 @@ with tab_tokens:
             with col:
                 st.markdown(f"**{md(labels[rid])}**")
                 m1, m2, m3 = st.columns(3)
-                m1.metric(f"tokens with H < 0.01 nats ({p.estimator})", f"{100 * p.share_below:.1f}%")
+                m1.metric(f"tokens with H < {0.01 * scale:.4g} {unit} ({p.estimator})", f"{100 * p.share_below:.1f}%")
                 m2.metric(f"80th percentile of H ({unit}, {p.estimator})", f"{p.p80 * scale:.3f}")
                 m3.metric(f"median H ({unit}, {p.estimator})", f"{p.median * scale:.3f}")
                 st.plotly_chart(charts.top_tokens_figure(p.top_tokens, f"Most often in the top 20 %: {labels[rid]}"),
@@ -188,5 +188,5 @@ with tab_steps:
         st.dataframe(tbl.rename(columns={
             "mean_entropy": f"mean token entropy ({unit}, {s.estimator})", "accuracy": "accuracy (of graded)",
             "acc_low": "accuracy 95% low", "acc_high": "accuracy 95% high",
-            "high_share": f"share with H ≥ {s.high_threshold:.3f} nats", "entropy_change_pct": "entropy change vs first (%)"}),
+            "high_share": f"share with H ≥ {s.high_threshold * scale:.3f} {unit}", "entropy_change_pct": "entropy change vs first (%)"}),
             hide_index=True, width="stretch", key="compare.steps_table")
