@@ -7,13 +7,14 @@ Everything is read with the store's verbs (``traces``, ``trace_stats``, ``run_wi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from . import signals as sig
-from .metrics import ESTIMATORS, PHASES
+from .metrics import ESTIMATORS, PHASES, unit_scale
 from .store import ENTROPY_COLUMNS, json_settings
 
 #: share of a run's tokens called "high-entropy" (Beyond the 80/20 rule, arXiv 2506.01939)
@@ -22,6 +23,17 @@ TOP_SHARE = 0.20
 WINDOW = 4
 #: per-trace percentiles of window entropy offered as signals
 WINDOW_PERCENTILES = (50, 90, 95)
+
+
+_IN_NATS = re.compile(r"(\d+(?:\.\d+)?) nats\b")
+
+
+def in_unit(label: str, unit: str) -> str:
+    """A signal's label (built in nats) with its entropy thresholds in ``unit``."""
+    if unit == "nats":
+        return label
+    scale = unit_scale(unit)
+    return _IN_NATS.sub(lambda m: f"{float(m.group(1)) * scale:.3f} {unit}", label)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from analysis import metrics
 from analysis import run_signals as rsm
 from analysis import signals as sig
 from analysis.errors import ThinkscopeError
@@ -72,7 +73,9 @@ st.markdown(f"**{ev.n} graded traces, {ev.n_wrong} wrong** ({100 * ev.n_wrong / 
             f"{ev.resamples} resamples of the {what}. Token-level signals use the run's estimator "
             f"**{md(rs.estimator)}**; ungraded traces are left out.")
 
-t = ev.table
+unit = state.unit()  # AUROC and AUPRC do not depend on it; labels, units and slopes do
+t = ev.table.assign(label=ev.table["label"].map(lambda x: rsm.in_unit(x, unit)),
+                    unit=ev.table["unit"].replace({"nats": unit}))
 beat = t.loc[t["verdict"] == "better than chance", "label"].tolist()
 reversed_ = t.loc[t["verdict"] == "reversed (below chance)", "label"].tolist()
 none = t.loc[t["verdict"].isin(["not distinguishable from chance", "no interval"]), "label"].tolist()
@@ -123,6 +126,8 @@ if target is not None:
         m1, m2, m3 = st.columns(3)
         m1.metric(f"ECE (held-out, {cal.n_held} traces)", f"{cal.ece:.3f}")
         m2.metric("a (intercept)", f"{cal.a:.3f}")
-        m3.metric(f"b (per {rs.specs[target].unit or 'unit'})", f"{cal.b:.3f}")
+        per = rs.specs[target].unit or "unit"
+        b = cal.b / metrics.unit_scale(unit) if per == "nats" else cal.b  # per nat -> per bit: × ln 2
+        m3.metric(f"b (per {unit if per == 'nats' else per})", f"{b:.3f}")
         st.plotly_chart(charts.reliability_figure(cal.bins, labels[target], cal.ece), width="stretch",
                         key="signals.reliability")
