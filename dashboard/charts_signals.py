@@ -58,10 +58,12 @@ def entropy_histogram_figure(hists: dict[str, pd.DataFrame], unit: str, estimato
         mid = np.sqrt(lo * h["bin_high"].to_numpy() * scale)
         fig.add_trace(go.Scatter(x=mid, y=h["share"], mode="lines", line=dict(shape="hvh", color=PALETTE[i % len(PALETTE)]),
                                  name=chart(name), fill="tozeroy" if i == 0 else None))
-    fig.add_vline(x=low * scale, line=dict(color="#dc2626", dash="dash"),
-                  annotation_text=f"{low * scale:.3g} {unit}", annotation_position="top")
+    fig.add_vline(x=low * scale, line=dict(color="#dc2626", dash="dash"))
+    # an annotation on a log axis is placed by log10 of its x (a shape by x itself)
+    fig.add_annotation(x=np.log10(low * scale), y=1, yref="paper", yanchor="bottom", showarrow=False,
+                       text=f"{low * scale:.3g} {unit}", font=dict(color="#dc2626"))
     fig.update_layout(title=f"Token entropy ({unit}, {estimator}), log axis", xaxis_type="log",
-                      xaxis_title=f"token entropy H ({unit}, {estimator}; first bin: below 1e-5 nats)",
+                      xaxis_title=f"token entropy H ({unit}, {estimator}; first bin: below {1e-5 * scale:.2g} {unit})",
                       yaxis_title="share of tokens per bin", **_LAYOUT)
     return fig
 

@@ -68,10 +68,11 @@ def linked_text(tokens, values, vmax, unit, estimator, alternatives, marks, run_
                              f'target="_self" data-pos="{m[1]}"{m[2]}</a>'), body, flags=re.S)
 
 
-def fork_chart(table: pd.DataFrame, labels, win: np.ndarray, unit: str, w: int, selected: int | None) -> go.Figure:
+def fork_chart(table: pd.DataFrame, labels, win: np.ndarray, unit: str, estimator: str, w: int,
+               selected: int | None) -> go.Figure:
     fig = go.Figure()
     x = np.arange(len(win))
-    fig.add_trace(go.Scatter(x=x, y=state.convert(win, unit), mode="lines", name=f"window entropy (next {w}, {unit})",
+    fig.add_trace(go.Scatter(x=x, y=state.convert(win, unit), mode="lines", name=f"window entropy (next {w}, {unit}, {estimator})",
                              line=dict(color="#94a3b8"), text=labels, hovertemplate="t=%{x} %{text}<br>%{y:.3f}"))
     if len(table):
         fig.add_trace(go.Scatter(
@@ -84,7 +85,7 @@ def fork_chart(table: pd.DataFrame, labels, win: np.ndarray, unit: str, w: int, 
     if selected is not None:
         fig.add_vline(x=selected, line=dict(color="#2563eb", dash="dot"))
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=1.15),
-                      xaxis_title="token position t", yaxis_title=f"window entropy ({unit})",
+                      xaxis_title="token position t", yaxis_title=f"window entropy ({unit}, {estimator})",
                       yaxis2=dict(title="fork strength", overlaying="y", side="right", range=[0, 1.05]))
     return fig
 
@@ -272,7 +273,7 @@ elif not 0 <= st.session_state.get("branches.pos", -1) < tt.n:  # first visit, o
     state.seed("branches.pos", int(table["pos"].iloc[0]) if len(table) else 0)
 pos = int(st.number_input("Position t (or click a token below)", 0, tt.n - 1, key="branches.pos"))
 
-st.plotly_chart(fork_chart(table, tt.labels, win, unit, 4, pos), width="stretch", key="branches.curve")
+st.plotly_chart(fork_chart(table, tt.labels, win, unit, estimator, 4, pos), width="stretch", key="branches.curve")
 m = st.columns(3)
 m[0].metric("Swept positions", f"{len(table)}")
 m[1].metric("Rollouts", f"{int(table['rollouts'].sum()) if len(table) else 0}")
