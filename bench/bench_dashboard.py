@@ -2,29 +2,36 @@
 
     PYTHONPATH=. .venv/bin/python bench/bench_dashboard.py [--rounds 5] [--no-browser]
 
-Stores (built with the store API, ``tests/long_traces.py``): one 8,000-token trace with
-top-20 alternatives, and a run of three 2,000-token traces with 30 layers of per-layer records.
+Stores (built with the store API, ``tests/long_traces.py``): a run of two 8,000-token traces
+with top-20 alternatives, and a run of three 2,000-token traces with 30 layers of per-layer records.
 
 (a) Script time, through ``streamlit.testing.v1.AppTest``: opening the trace in the explorer
     with empty caches, a window-slider move, a percentile-slider move and a unit toggle
     (full reruns: AppTest does not rerun fragments alone), and opening the Layers page
     with empty caches.
-(b) In headless Chromium against ``streamlit run``: the time from the input (page load, key
-    press on a slider, click on the unit) to ``data-test-script-state='notRunning'``
-    ("script") and to the page being visually settled ("settled": the last DOM change in the
-    app once the new values are drawn, after which nothing changed for 400 ms). Each round
-    starts a fresh server, so opening a trace finds empty caches (the server has already
-    served the Runs page, so module imports are not counted).
+(b) In headless Chromium against ``streamlit run`` (a fresh server each round, so every trace
+    opened finds empty caches): the time from the input to the page being visually settled
+    (``data-test-script-state='notRunning'``, the new values drawn, and the last DOM change in
+    the app, after which nothing changed for 400 ms). "Opening a trace" is picking it in the
+    page's trace picker with the dashboard loaded in the tab (the 8,000-token trace in the
+    explorer; a 2,000-token, 30-layer trace on Layers). A window-slider move (keyboard) and a
+    unit toggle follow in the explorer. Also printed, with no target: the time to
+    ``notRunning`` of each input ("script"), and opening each page in a fresh tab (the
+    browser loads and starts the dashboard's scripts first), with the fresh-tab load of the
+    Runs page, the lightest, as its floor.
 
-Targets (issue 11): a slider move or unit toggle re-runs in <= 300 ms of script time and is
-settled in <= 1 s; opening the 8,000-token trace <= 1.5 s; opening a 2,000-token, 30-layer
-trace on Layers <= 1.5 s. Every measure is taken once per round, the rounds interleave all
-measures (so machine noise hits them alike), and the median over rounds is the figure.
+Targets (issue 11): a slider move or unit toggle re-runs in <= 300 ms of script time (AppTest)
+and is settled in <= 1 s in the browser; opening the 8,000-token trace <= 1.5 s; opening a
+2,000-token, 30-layer trace on Layers <= 1.5 s. Every measure is taken once per round, the
+rounds interleave all measures (so machine noise hits them alike), and the median over rounds
+is the figure; the 1-minute load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -40,18 +47,23 @@ from tests.long_traces import layer_trace_store, long_trace_store  # noqa: E402
 import dashboard.trace_views  # noqa: E402,F401
 import dashboard.charts_layers  # noqa: E402,F401
 
-TARGETS = {  # measure -> target in seconds
+TARGETS = {  # measure -> target in seconds (None: printed, no target)
     "AppTest explorer open": 1.5,
     "AppTest window slider": 0.3,
     "AppTest percentile slider": 0.3,
     "AppTest unit toggle": 0.3,
     "AppTest layers open": 1.5,
-    "browser explorer open (settled)": 1.5,
-    "browser window slider (script)": 0.3,
+    "browser explorer: open a trace (settled)": 1.5,
     "browser window slider (settled)": 1.0,
-    "browser unit toggle (script)": 0.3,
     "browser unit toggle (settled)": 1.0,
-    "browser layers open (settled)": 1.5,
+    "browser layers: open a trace (settled)": 1.5,
+    "browser explorer: open a trace (script)": None,
+    "browser window slider (script)": None,
+    "browser unit toggle (script)": None,
+    "browser layers: open a trace (script)": None,
+    "fresh tab: Runs page, the floor (settled)": None,
+    "fresh tab: explorer (settled)": None,
+    "fresh tab: layers (settled)": None,
 }
 
 # Records DOM changes in the app (not the status widget's animation) and script-state changes.
@@ -98,7 +110,6 @@ def curve_says(text: str) -> str:
 
 
 def apptest_round(long_path: Path, layers_path: Path, w: int, pct: float, unit: str) -> dict[str, float]:
-    import os
 
     import streamlit as st
     from streamlit.testing.v1 import AppTest
@@ -144,19 +155,40 @@ def now(page) -> float:
     return page.evaluate("performance.now()")
 
 
+def fresh_tab(page, url: str, check: str) -> float:
+    """Settled seconds of loading ``url`` in the tab from about:blank."""
+    page.goto("about:blank")
+    t_nav = time.perf_counter()
+    page.goto(url)
+    t0 = now(page) - (time.perf_counter() - t_nav) * 1000  # the navigation's start, page clock
+    return settle(page, t0, check)[1]
+
+
+def pick_trace(page, index: int) -> float:
+    """Press on the page's trace picker and choose its ``index``-th option; the input's time."""
+    box = page.locator("[data-testid='stSelectbox']").filter(
+        has=page.locator("label", has_text=re.compile(r"^Trace$")))
+    box.click()
+    option = page.get_by_role("option").nth(index)
+    option.wait_for()
+    t0 = now(page)
+    option.click()
+    return t0
+
+
 def browser_round(long_path: Path, layers_path: Path, w: int) -> dict[str, float]:
     from tests.browser import browser_page, streamlit_server, wait_for_app
 
     out = {}
     with streamlit_server(long_path) as url, browser_page(width=1440, height=1000) as page:
         page.add_init_script(INSTRUMENT)
-        page.goto(url)  # the Runs page: imports done, trace caches still empty
+        page.goto(url)  # the Runs page: the server's imports done, trace caches still empty
         wait_for_app(page)
-        page.goto("about:blank")
-        t_nav = time.perf_counter()
-        page.goto(url + "/explorer")
-        t0 = now(page) - (time.perf_counter() - t_nav) * 1000  # the navigation's start, page clock
-        _, out["browser explorer open (settled)"] = settle(page, t0, EXPLORER_READY)
+        out["fresh tab: Runs page, the floor (settled)"] = fresh_tab(page, url + "/runs", "return true")
+        out["fresh tab: explorer (settled)"] = fresh_tab(page, url + "/explorer?run=1&trace=1", EXPLORER_READY)
+        t0 = pick_trace(page, 1)
+        out["browser explorer: open a trace (script)"], out["browser explorer: open a trace (settled)"] = settle(
+            page, t0, EXPLORER_READY + " && new URLSearchParams(location.search).get('trace') === '2'")
         thumb = page.locator("[data-testid='stSlider']").filter(has_text="Window w").locator("input[type='range']")
         thumb.focus()
         current = int(thumb.get_attribute("value"))
@@ -173,11 +205,10 @@ def browser_round(long_path: Path, layers_path: Path, w: int) -> dict[str, float
         page.add_init_script(INSTRUMENT)
         page.goto(url)
         wait_for_app(page)
-        page.goto("about:blank")
-        t_nav = time.perf_counter()
-        page.goto(url + "/layers")
-        t0 = now(page) - (time.perf_counter() - t_nav) * 1000
-        _, out["browser layers open (settled)"] = settle(page, t0, LAYERS_READY)
+        out["fresh tab: layers (settled)"] = fresh_tab(page, url + "/layers?run=1&trace=1", LAYERS_READY)
+        t0 = pick_trace(page, 1)
+        out["browser layers: open a trace (script)"], out["browser layers: open a trace (settled)"] = settle(
+            page, t0, LAYERS_READY + " && new URLSearchParams(location.search).get('trace') === '2'")
     return out
 
 
@@ -189,9 +220,10 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     long_path, layers_path = tmp / "long.duckdb", tmp / "layers.duckdb"
-    long_trace_store(long_path, args.tokens)
+    long_trace_store(long_path, args.tokens, n_traces=2)
     layer_trace_store(layers_path)
-    print(f"stores in {tmp}: one {args.tokens:,}-token trace (top-20); three 2,000-token traces x 30 layers")
+    print(f"stores in {tmp}: two {args.tokens:,}-token traces (top-20); three 2,000-token traces x 30 layers")
+    load_before = os.getloadavg()[0]
     samples: dict[str, list[float]] = {k: [] for k in TARGETS}
     for r in range(args.rounds):
         w, pct, unit = (5, 90.0, "bits") if r % 2 == 0 else (6, 92.5, "bits")
@@ -201,15 +233,19 @@ def main() -> int:
         for k, v in measures.items():
             samples[k].append(v)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in measures.items()), flush=True)
-    print(f"\nmedian of {args.rounds} rounds; ratio = median / target (<= 1 meets the target)")
+    print(f"\nmedian of {args.rounds} rounds; ratio = median / target (<= 1 meets the target); "
+          f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     worst = 0.0
     for k, target in TARGETS.items():
         if not samples[k]:
             continue
         med = statistics.median(samples[k])
+        spread = f"(range {min(samples[k]) * 1000:.0f}-{max(samples[k]) * 1000:.0f} ms)"
+        if target is None:
+            print(f"  {k:<44} {med * 1000:7.0f} ms  {'no target':>31}  {spread}")
+            continue
         worst = max(worst, med / target)
-        print(f"  {k:<34} {med * 1000:7.0f} ms  target {target * 1000:5.0f} ms  ratio {med / target:5.2f}"
-              f"  (range {min(samples[k]) * 1000:.0f}-{max(samples[k]) * 1000:.0f} ms)")
+        print(f"  {k:<44} {med * 1000:7.0f} ms  target {target * 1000:5.0f} ms  ratio {med / target:5.2f}  {spread}")
     print(f"worst ratio {worst:.2f}")
     return 0
 

@@ -17,6 +17,9 @@ from dashboard import tokens as tokens_html
 from dashboard.text import chart
 
 PALETTE = ["#6d28d9", "#0891b2", "#ea580c", "#16a34a", "#db2777", "#ca8a04"]
+#: the template of the figures the long-trace pages draw with ``theme=None``: Streamlit's own
+#: theme restyles every figure in the browser at each draw, which costs most on the largest ones
+TEMPLATE = "plotly_white"
 
 
 def unit_label(quantity: str, unit: str, estimator: str) -> str:
@@ -66,8 +69,9 @@ def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
     ``labels`` are the tokens as plotly-safe labels (escaped, whitespace visible). One hover
     per position shows the token, its entropy and the window entropy, each with unit and
     estimator, and ``conditions`` (the temperature and truncation the values were taken at,
-    ``metrics.conditions_text``) where given. WebGL traces (Scattergl) keep an 8,000-token trace smooth; beyond
-    ``max_points`` the curves are min/max downsampled so that peaks survive. The threshold
+    ``metrics.conditions_text``) where given. The curves are SVG lines, one path each (WebGL
+    costs far more where the browser renders without a GPU, and an 8,000-token line is cheap
+    as SVG); beyond ``max_points`` they are min/max downsampled so that peaks survive. The threshold
     and the boundary are layout shapes (plotly's add_hline costs more than the curves).
     """
     n = len(token_h)
@@ -77,17 +81,17 @@ def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
     est = chart(estimator)
     at = f"<br>{chart(conditions)}" if conditions else ""
     xs, ys = downsample_minmax(x, np.asarray(token_h, float), max_points)
-    fig.add_trace(go.Scattergl(
+    fig.add_trace(go.Scatter(
         x=xs, y=ys, mode="lines", name="token entropy", line=dict(color="#a78bfa", width=1),
         customdata=hover[xs] if n else None,
         hovertemplate=f"token %{{customdata}}<br>H = %{{y:.3f}} {unit} ({est}){at}<extra></extra>"))
     xw, yw = downsample_minmax(x, np.asarray(window_h, float), max_points)
-    fig.add_trace(go.Scattergl(
+    fig.add_trace(go.Scatter(
         x=xw, y=yw, mode="lines", name=f"window entropy (next {w} tokens)",
         line=dict(color="#4c1d95", width=2.2),
         hovertemplate=f"window H (next {w}) = %{{y:.3f}} {unit} ({est})<extra></extra>"))
     if len(forks):
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(go.Scatter(
             x=forks, y=np.asarray(window_h)[forks], mode="markers", name="forking point",
             marker=dict(color="#e11d48", size=8, symbol="diamond", line=dict(color="white", width=1)),
             hoverinfo="skip"))  # a unified hover would show the nearest fork at any position
@@ -96,7 +100,7 @@ def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
         # named in the legend rather than on the line, where the forking points would cover it
         shapes.append(dict(type="line", xref="paper", x0=0, x1=1, y0=tau, y1=tau,
                            line=dict(color="#e11d48", dash="dash", width=1)))
-        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="lines", name=f"threshold τ = {tau:.3f} {unit}",
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"threshold τ = {tau:.3f} {unit}",
                                    line=dict(color="#e11d48", dash="dash", width=1), hoverinfo="skip"))
     if boundary is not None and 0 < boundary < n:
         shapes.append(dict(type="line", yref="paper", y0=0, y1=1, x0=boundary - 0.5, x1=boundary - 0.5,
@@ -104,7 +108,7 @@ def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
         notes.append(dict(yref="paper", x=boundary - 0.5, y=1, yanchor="bottom", xanchor="left",
                           showarrow=False, text="answer starts", font=dict(color="#15803d", size=11)))
     fig.update_layout(
-        height=360, margin=dict(l=10, r=10, t=40, b=10), hovermode="x unified", shapes=shapes,
+        template=TEMPLATE, height=360, margin=dict(l=10, r=10, t=40, b=10), hovermode="x unified", shapes=shapes,
         annotations=notes, legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0),
         xaxis=dict(title="token position in completion", hoverformat="d"),
         yaxis=dict(title=unit_label("entropy H", unit, estimator), rangemode="tozero"))
@@ -134,7 +138,7 @@ def estimator_comparison(df: pd.DataFrame, unit: str) -> go.Figure:
                                        marker=dict(size=4, color=PALETTE[i], opacity=0.6)))
     fig.add_trace(go.Scatter(x=[0, lim], y=[0, lim], mode="lines", name="y = x",
                              line=dict(color="#9ca3af", dash="dot")))
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10),
+    fig.update_layout(template=TEMPLATE, height=320, margin=dict(l=10, r=10, t=10, b=10),
                       xaxis_title=unit_label("token entropy", unit, "full"),
                       yaxis_title=f"token entropy ({unit}, top-k estimator)")
     return fig

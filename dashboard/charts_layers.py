@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.charts import PALETTE
+from dashboard.charts import PALETTE, TEMPLATE
 from dashboard.text import chart
 from dashboard.tokens import label_token, per_unique
 
@@ -67,7 +67,7 @@ def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[st
         # every layer's number when they fit (12 px per row), else every second one
         every = 1 if len(layers) <= 20 else 2
         yaxis.update(tickmode="array", tickvals=list(layers)[::every], tickfont=dict(size=11))
-    layout = dict(height=max(300, 130 + 16 * n_layers), margin=dict(l=10, r=10, t=36, b=10),
+    layout = dict(template=TEMPLATE, height=max(300, 130 + 16 * n_layers), margin=dict(l=10, r=10, t=36, b=10),
                   xaxis=xaxis, yaxis=yaxis,
                   title=dict(text=f"{chart(quantity)} ({chart(unit)}, {chart(estimator)})", font=dict(size=13)))
     if boundary is not None and offset < boundary < offset + n:
@@ -118,7 +118,7 @@ def layer_profile(df: pd.DataFrame, quantity: str, unit: str, estimator: str,
                               text=chart(name), font=dict(size=11, color="#374151"),
                               bgcolor="rgba(255,255,255,0.85)"))
     return go.Figure(data=data, layout=dict(
-        height=340, margin=dict(l=10, r=10, t=30, b=10), hovermode="closest", shapes=shapes, annotations=notes,
+        template=TEMPLATE, height=340, margin=dict(l=10, r=10, t=30, b=10), hovermode="closest", shapes=shapes, annotations=notes,
         legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
         xaxis=dict(title="layer (1-based; residual stream after the block)"),
         yaxis=dict(title=f"{quantity} ({unit}, {estimator})", rangemode="tozero")))
@@ -143,12 +143,12 @@ def anchors_explorers_scatter(attn: np.ndarray, token_h: np.ndarray, groups: np.
         sel = np.asarray(groups) == name
         if not sel.any():
             continue
-        data.append(go.Scattergl(
+        data.append(go.Scatter(
             x=np.asarray(attn)[sel], y=np.asarray(token_h)[sel], mode="markers", name=name,
             marker=dict(color=color, size=6, opacity=0.75), customdata=np.stack([pos[sel], tok[sel]], axis=1),
             hovertemplate=("position %{customdata[0]} · token %{customdata[1]}<br>"
                            f"{chart(attn_label)} = %{{x:.3f}}<br>token entropy H = %{{y:.3f}} {chart(unit)} "
                            f"({chart(token_estimator)})<extra>{name}</extra>")))
     return go.Figure(data=data, layout=dict(
-        height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        template=TEMPLATE, height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
         xaxis=dict(title=chart(attn_label)), yaxis=dict(title=f"token entropy H ({unit}, {token_estimator})")))

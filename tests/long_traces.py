@@ -60,12 +60,13 @@ def synthetic_trace(n_tokens: int, k: int = 20, seed: int = 0, n_layers: int = 0
                  metadata=meta, layers=layers)
 
 
-def long_trace_store(path, n_tokens: int = 8000, k: int = 20) -> Store:
-    """A store with one run of one ``n_tokens``-token trace with top-``k`` alternatives."""
+def long_trace_store(path, n_tokens: int = 8000, k: int = 20, n_traces: int = 1) -> Store:
+    """A store with one run of ``n_traces`` ``n_tokens``-token traces with top-``k`` alternatives."""
     store = Store(path)
     run = store.create_run("long trace", "synthetic", model="synthetic")
-    store.add_traces(run, [synthetic_trace(n_tokens, k, seed=1, metadata={"problem_id": "long", "level": 3.0})],
-                     vocab())
+    store.add_traces(run, [synthetic_trace(n_tokens, k, seed=1 + i, metadata={"problem_id": f"long{i or ''}",
+                                                                              "level": 3.0})
+                           for i in range(n_traces)], vocab())
     store.finish_run(run)
     return store
 

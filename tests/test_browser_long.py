@@ -91,6 +91,22 @@ def test_explorer_hover_card_and_labels_at_three_widths(tmp_path, shots):
                 assert any(fg == "rgb(255, 255, 255)" for _, fg in colours)
                 assert any(fg == "rgb(0, 0, 0)" for _, fg in colours)
                 page.screenshot(path=str(shots / f"explorer-hover-{width}.png"))
+                # the last line's card is whole (the text block paints only inside its padding box),
+                # and what lies under that padding (the colour legend) still takes the pointer
+                last = page.locator("span.tok").last
+                last.scroll_into_view_if_needed()
+                last.hover()
+                fits = last.evaluate("""(el) => { const t = el.getBoundingClientRect();
+                    const h = parseFloat(getComputedStyle(el, '::after').height);
+                    const box = el.closest('.ts-text').getBoundingClientRect();
+                    return [t.bottom + 4 + h <= box.bottom + 1, h > 100]; }""")
+                assert fits == [True, True], fits
+                legend = page.get_by_text("outlined tokens are forking points").first
+                legend.scroll_into_view_if_needed()
+                lb = legend.bounding_box()
+                hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y).closest('.ts-text') === null",
+                                    [lb["x"] + 5, lb["y"] + lb["height"] / 2])
+                assert hit
                 chart = page.locator("[data-testid='stPlotlyChart']").first
                 chart.scroll_into_view_if_needed()
                 box = chart.bounding_box()

@@ -79,7 +79,7 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
     # ------------------------------------------------------------ curve
     fig = charts.entropy_curve(tt.labels, state.convert(h, unit), state.convert(win, unit), tau_shown,
                                forks, unit, estimator, w, boundary, conditions=conditions)
-    st.plotly_chart(fig, width="stretch", key="explorer.curve")
+    st.plotly_chart(fig, width="stretch", theme=None, key="explorer.curve")
     if boundary < n:
         st.caption(f"Thinking: tokens 0–{boundary - 1}; answer: tokens {boundary}–{n - 1} "
                    f"(split after the marker).")
@@ -157,6 +157,8 @@ with st.container(border=True):
 st.html(token_text.colorbar_html(vmax, unit, estimator))
 
 if len(available) > 1 and "full" in available:
-    with st.expander("How much do top-k estimators miss? (this trace, token by token)"):
-        st.plotly_chart(state.cached(comparison_figure, int(trace_id), unit), width="stretch")
+    # drawn on request: a scatter of every token per estimator is the page's heaviest chart
+    if st.toggle("How much do top-k estimators miss? (this trace, token by token)", value=False,
+                 key="explorer.compare_estimators"):
+        st.plotly_chart(state.cached(comparison_figure, int(trace_id), unit), width="stretch", theme=None)
         st.caption(f"Top-{int(row.k)} estimators against the full entropy; points below y = x underestimate.")

@@ -63,7 +63,7 @@ def heatmaps(trace_id: int, unit: str, boundary: int, lens_layer_ids: list[int],
         fig = charts.layer_heatmap(state.convert(tl.lens[start:stop], unit), lens_layer_ids, shown,
                                    "logit-lens entropy", unit, charts.LENS_ESTIMATOR, top1=top1,
                                    offset=start, boundary=boundary)
-        st.plotly_chart(fig, width="stretch", key="layers.lens_heatmap")
+        st.plotly_chart(fig, width="stretch", theme=None, key="layers.lens_heatmap")
         st.caption("Hover a cell for that layer's top-1 token. The last layer is the model's own prediction, so "
                    "its entropy is the token entropy at T = 1.")
     if tl.attn is not None:
@@ -78,12 +78,12 @@ def heatmaps(trace_id: int, unit: str, boundary: int, lens_layer_ids: list[int],
             fig = charts.layer_heatmap(tl.attn_norm[start:stop], attn_layer_ids, shown,
                                        "attention entropy / ln(t+1)", "ratio", "mean over heads", offset=start,
                                        zmax=1.0, boundary=boundary)
-        st.plotly_chart(fig, width="stretch", key="layers.attn_heatmap")
+        st.plotly_chart(fig, width="stretch", theme=None, key="layers.attn_heatmap")
         # a toggle, not an expander: an expander's content is computed even when closed
         if tl.heads is not None and st.toggle(f"Per head, layer {md(head_layer)}", key="layers.show_heads"):
             st.plotly_chart(charts.head_heatmap(state.convert(tl.heads[start:stop], unit), shown,
                                                 head_layer, unit, offset=start),
-                            width="stretch", key="layers.head_heatmap")
+                            width="stretch", theme=None, key="layers.head_heatmap")
 
 
 @st.fragment
@@ -117,7 +117,7 @@ def comparisons(run_id: int, traces: pd.DataFrame, fields: dict, unit: str) -> N
             grouped[["lo", "hi"]] = np.nan
         shown_unit = "ratio" if field == "attn_entropy_norm" else unit
         st.plotly_chart(charts.layer_profile(grouped, quantity, shown_unit, "mean over tokens per trace"),
-                        width="stretch", key="layers.compare")
+                        width="stretch", theme=None, key="layers.compare")
         st.caption(note)
 
 
@@ -149,7 +149,7 @@ def anchors_explorers(trace_id: int, unit: str, attn_layer_ids: list[int]) -> No
                    help=f"{int(sel.sum())} tokens; token entropy estimator {token_est}.")
     st.plotly_chart(charts.anchors_explorers_scatter(a_shown, state.convert(token_h, unit), groups, tl.tokens,
                                                      attn_label, unit, token_est),
-                    width="stretch", key="layers.split_scatter")
+                    width="stretch", theme=None, key="layers.split_scatter")
     table = pd.DataFrame({"position": np.arange(n), "token": [label_token(t) for t in tl.tokens], "group": groups,
                           attn_label: a_shown, f"token entropy H ({unit}, {token_est})": state.convert(token_h, unit)})
     t1, t2 = st.columns(2)
@@ -218,14 +218,14 @@ if lens is not None:
                        "n": np.isfinite(lens).sum(0)})
     ref = {f"mean token entropy ({token_est})": float(state.convert(np.nanmean(token_h), unit))} if n else None
     cols[c].plotly_chart(charts.layer_profile(df, "logit-lens entropy", unit, "mean over tokens", ref),
-                         width="stretch", key="layers.lens_profile")
+                         width="stretch", theme=None, key="layers.lens_profile")
     c += 1
 if attn is not None:
     m = np.nanmean(attn, axis=0)
     df = pd.DataFrame({"group": "raw, mean over tokens", "layer": attn_layer_ids, "mean": state.convert(m, unit),
                        "n": np.isfinite(attn).sum(0)})
     cols[c].plotly_chart(charts.layer_profile(df, "attention entropy", unit, "mean over heads and tokens"),
-                         width="stretch", key="layers.attn_profile")
+                         width="stretch", theme=None, key="layers.attn_profile")
 
 # ---------------------------------------------------------------- comparisons
 st.subheader("Profiles compared")
