@@ -132,23 +132,41 @@ def head_heatmap(values: np.ndarray, tokens: Sequence[str], layer: int, unit: st
                          y_title="head")
 
 
-def anchors_explorers_scatter(attn: np.ndarray, token_h: np.ndarray, groups: np.ndarray,
-                              tokens: Sequence[str], attn_label: str, unit: str, token_estimator: str
-                              ) -> go.Figure:
-    """Each token's attention entropy against its token entropy, coloured anchor/middle/explorer."""
-    data = []
-    tok = per_unique(_esc, list(tokens))
-    pos = np.arange(len(tokens))
-    for name, color in SPLIT_COLORS.items():
-        sel = np.asarray(groups) == name
+def anchors_explorers_density(attn: np.ndarray, token_h: np.ndarray, groups: np.ndarray, attn_label: str,
+                              unit: str, token_estimator: str) -> go.Figure:
+    """Each token's attention entropy against its token entropy, as a density (tokens per cell),
+    with the anchor and explorer bands shaded in their colours.
+
+    A density rather than one marker per token: thousands of SVG markers cost a browser without
+    a GPU more than the rest of the page, and the groups are bands of the x axis anyway (they
+    are cut by attention entropy); the tables under the chart list the tokens themselves.
+    """
+    a = np.asarray(attn, dtype=np.float64)
+    h = np.asarray(token_h, dtype=np.float64)
+    g = np.asarray(groups)
+    ok = np.isfinite(a) & np.isfinite(h)
+    data = [go.Histogram2d(
+        x=a[ok], y=h[ok], nbinsx=40, nbinsy=30,
+        colorscale=[(0.0, "rgba(255,255,255,0)"), (0.02, "#ede9fe"), (1.0, "#4c1d95")],  # empty cells clear
+        colorbar=dict(title=dict(text="tokens", side="right")), zmin=0,
+        hovertemplate=(f"{chart(attn_label)} %{{x}}<br>token entropy H %{{y}} {chart(unit)} "
+                       f"({chart(token_estimator)})<br>%{{z}} tokens<extra></extra>"))]
+    shapes, notes = [], []
+    for name, side in (("anchor", "max"), ("explorer", "min")):
+        sel = ok & (g == name)
         if not sel.any():
             continue
-        data.append(go.Scatter(
-            x=np.asarray(attn)[sel], y=np.asarray(token_h)[sel], mode="markers", name=name,
-            marker=dict(color=color, size=6, opacity=0.75), customdata=np.stack([pos[sel], tok[sel]], axis=1),
-            hovertemplate=("position %{customdata[0]} · token %{customdata[1]}<br>"
-                           f"{chart(attn_label)} = %{{x:.3f}}<br>token entropy H = %{{y:.3f}} {chart(unit)} "
-                           f"({chart(token_estimator)})<extra>{name}</extra>")))
+        edge = float(a[sel].max() if side == "max" else a[sel].min())
+        x0, x1 = (float(a[ok].min()), edge) if side == "max" else (edge, float(a[ok].max()))
+        color = SPLIT_COLORS[name]
+        shapes.append(dict(type="rect", xref="x", yref="paper", x0=x0, x1=x1, y0=0, y1=1, fillcolor=color,
+                           opacity=0.1, line=dict(width=0), layer="above"))
+        shapes.append(dict(type="line", xref="x", yref="paper", x0=edge, x1=edge, y0=0, y1=1,
+                           line=dict(color=color, dash="dash", width=1.5)))
+        notes.append(dict(xref="x", yref="paper", x=edge, y=1, yanchor="bottom",
+                          xanchor="right" if side == "max" else "left", showarrow=False,
+                          text=f"{name}s: {int(sel.sum())} tokens", font=dict(color=color, size=11)))
     return go.Figure(data=data, layout=dict(
-        template=TEMPLATE, height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        template=TEMPLATE, height=340, margin=dict(l=10, r=10, t=30, b=10), shapes=shapes, annotations=notes,
+        plot_bgcolor="rgba(0,0,0,0)",
         xaxis=dict(title=chart(attn_label)), yaxis=dict(title=f"token entropy H ({unit}, {token_estimator})")))

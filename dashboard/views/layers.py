@@ -147,8 +147,8 @@ def anchors_explorers(trace_id: int, unit: str, attn_layer_ids: list[int]) -> No
         v = np.nanmean(token_h[sel]) if sel.any() else np.nan
         col.metric(f"{ {'anchor': 'anchors', 'middle': 'middle', 'explorer': 'explorers'}[g]}: mean token entropy", "n/a" if np.isnan(v) else f"{state.convert(v, unit):.3f} {unit}",
                    help=f"{int(sel.sum())} tokens; token entropy estimator {token_est}.")
-    st.plotly_chart(charts.anchors_explorers_scatter(a_shown, state.convert(token_h, unit), groups, tl.tokens,
-                                                     attn_label, unit, token_est),
+    st.plotly_chart(charts.anchors_explorers_density(a_shown, state.convert(token_h, unit), groups, attn_label,
+                                                     unit, token_est),
                     width="stretch", theme=None, key="layers.split_scatter")
     table = pd.DataFrame({"position": np.arange(n), "token": [label_token(t) for t in tl.tokens], "group": groups,
                           attn_label: a_shown, f"token entropy H ({unit}, {token_est})": state.convert(token_h, unit)})
