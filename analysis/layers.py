@@ -47,12 +47,13 @@ from .errors import LayerRecordingError
 
 #: name under which the entropy-recording attention is registered with transformers
 ATTENTION_NAME = "thinkscope_entropy"
-#: logit lens: residual rows per chunk; float32 logits per block of the vocabulary (bytes; the
-#: whole 49k vocabulary of 256 rows: on a busy 2-CPU machine every extra torch op costs more than
-#: cache-sized blocks save); width of the slices whose maxima locate the top-1
-LENS_ROWS = 256
-LENS_BLOCK_BYTES = 48 << 20
-LENS_SUB = 1024
+#: logit lens: residual rows per chunk, and float32 logits per [rows x columns] block (4 MB:
+#: the block and its two products stay in the last-level cache between the matmul and the
+#: reductions; smaller blocks fit better but each torch op is a parallel region that a busy
+#: 2-CPU machine makes wait), in whole multiples of LENS_COLS columns
+LENS_ROWS = 1024
+LENS_BLOCK_ELEMS = 1 << 20
+LENS_COLS = 256
 #: scores budget per chunk of queries in the chunked attention (bytes, float32)
 ATTN_CHUNK_BYTES = 40 << 20
 
@@ -180,15 +181,15 @@ def lens_entropy_rows(h: torch.Tensor, parts: LensParts, chunk: int | None = Non
     """Logit-lens entropy (nats, T=1) and top-1 id of residual rows ``h`` [N, hidden].
 
     ``chunk`` rows (LENS_ROWS) at a time go through the final norm, then the unembedding in
-    blocks of ``vocab_block`` columns (LENS_BLOCK_BYTES of float32 logits; smaller blocks stay
-    in cache but cost more torch ops), each reduced as soon as it is formed, so at most two
-    [chunk x vocab_block] arrays exist (allocated once). A block of logits z gives its maximum m_b, Z_b = sum exp(z - m_b) and
-    D_b = sum exp(z - m_b) (z - m_b), combined over blocks with m = max m_b:
-    Z = sum_b e^(m_b - m) Z_b, D = sum_b e^(m_b - m) (D_b + (m_b - m) Z_b), H = ln Z - D / Z.
-    Every term of D has one sign (z <= m), so nothing cancels; the sums are torch's pairwise
-    sums (a gemv-style dot over 49k terms loses ~1e-4 nats in float32). The top-1 is the
-    first maximum, as argmax gives it, found from the block maxima without an index-tracking
-    pass over the whole block.
+    blocks of ``vocab_block`` columns (:func:`lens_block_width`), each reduced as soon as it is
+    formed, so at most three cache-sized [chunk x vocab_block] arrays exist (allocated once).
+    A block of logits z gives its maximum m_b, Z_b = sum exp(z - m_b) and
+    D_b = sum exp(z - m_b) (z - m_b), in five in-place or out= passes with one exponential
+    (both sums in one);
+    over blocks, with m = max m_b: Z = sum_b e^(m_b - m) Z_b,
+    D = sum_b e^(m_b - m) (D_b + (m_b - m) Z_b), H = ln Z - D / Z. Every term of D has one
+    sign (z <= m), so nothing cancels; the sums are torch's pairwise sums. The top-1 is the
+    first maximum, as argmax gives it (:func:`_update_top1`).
     """
     n, vocab = h.shape[0], parts.weight.shape[0]
     dev = h.device                                        # every buffer where the model is
@@ -198,66 +199,72 @@ def lens_entropy_rows(h: torch.Tensor, parts: LensParts, chunk: int | None = Non
         return ent, top
     chunk = max(1, min(n, chunk or LENS_ROWS))
     width = min(vocab, vocab_block or lens_block_width(chunk))
-    starts = range(0, vocab, width)
-    zbuf = torch.empty(chunk * width, dtype=torch.float32, device=dev)
-    pbuf = torch.empty(chunk * width, dtype=torch.float32, device=dev)
     wt = parts.weight.float().T                           # [hidden, vocab], a view
     bias = parts.bias.float() if parts.bias is not None else None
+    blocks = [(v0, wt[:, v0: v0 + width], None if bias is None else bias[v0: v0 + width])
+              for v0 in range(0, vocab, width)]
+    zbuf = torch.empty(chunk * width, dtype=torch.float32, device=dev)
+    pbuf = torch.empty(2 * chunk * width, dtype=torch.float32, device=dev)
+    # per block and row: maximum, normaliser, weighted shifted sum ([blocks, rows]: rows contiguous)
+    stats = torch.empty(len(blocks), 3, chunk, dtype=torch.float32, device=dev)
+    best = torch.empty(chunk, dtype=torch.float32, device=dev)
+    views: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         r = e - s
         x = (parts.norm(h[s:e]) if parts.norm is not None else h[s:e]).float()
-        rows = torch.arange(r, device=dev)
-        m_b = torch.empty(r, len(starts), device=dev)
-        z_b = torch.empty(r, len(starts), device=dev)
-        d_b = torch.empty(r, len(starts), device=dev)
-        i_b = torch.empty(r, len(starts), dtype=torch.long, device=dev)
-        for j, v0 in enumerate(starts):
-            w = min(width, vocab - v0)
-            z = zbuf[: r * w].view(r, w)
-            p = pbuf[: r * w].view(r, w)
-            torch.mm(x, wt[:, v0: v0 + w], out=z)
-            if bias is not None:
-                z.add_(bias[v0: v0 + w])
+        m_b, z_b, d_b = stats[:, :, :r].unbind(1)
+        for j, (v0, cols, b) in enumerate(blocks):
+            shape = (r, cols.shape[1])
+            if shape not in views:
+                views[shape] = (zbuf[: r * shape[1]].view(shape), pbuf[: 2 * r * shape[1]].view(2, *shape))
+            z, pd = views[shape]                          # pd: exp(z - m) and exp(z - m) (z - m)
+            if b is None:
+                torch.mm(x, cols, out=z)
+            else:
+                torch.addmm(b, x, cols, out=z)
             if parts.scale != 1.0:
                 z.mul_(parts.scale)
             if parts.softcap:
                 z.div_(parts.softcap).tanh_().mul_(parts.softcap)
-            m_b[:, j], col = _block_max(z, rows)
-            i_b[:, j] = col + v0
-            z.sub_(m_b[:, j, None])
-            torch.exp(z, out=p)
-            z_b[:, j] = p.sum(-1)
-            d_b[:, j] = p.mul_(z).sum(-1)
-        m, best = m_b.max(dim=-1)
-        top[s:e] = i_b[rows, best]
-        gap = m_b - m[:, None]                            # <= 0
+            m = torch.amax(z, dim=-1, out=m_b[j])
+            _update_top1(z, m, best[:r], top[s:e], v0, first=j == 0)
+            torch.exp(z.sub_(m[:, None]), out=pd[0])
+            torch.mul(pd[0], z, out=pd[1])
+            torch.sum(pd, dim=-1, out=stats[j, 1:, :r])
+        m = best[:r]                                      # = max over blocks of m_b
+        gap = m_b - m                                     # <= 0
         weight = gap.exp()
-        total = (weight * z_b).sum(-1)
-        dot = (weight * (d_b + gap * z_b)).sum(-1)
+        total = (weight * z_b).sum(0)
+        dot = (weight * (d_b + gap * z_b)).sum(0)
         ent[s:e] = total.log() - dot / total
     return ent, top
 
 
 def lens_block_width(chunk: int) -> int:
-    """Columns per block of lens logits for ``chunk`` rows: LENS_BLOCK_BYTES of float32, in
-    whole LENS_SUB slices."""
-    return max(LENS_SUB, LENS_BLOCK_BYTES // (4 * max(1, chunk)) // LENS_SUB * LENS_SUB)
+    """Vocabulary columns per block of lens logits for ``chunk`` rows: LENS_BLOCK_ELEMS
+    float32 values, in whole multiples of LENS_COLS (at least one)."""
+    return max(LENS_COLS, LENS_BLOCK_ELEMS // max(1, chunk) // LENS_COLS * LENS_COLS)
 
 
-def _block_max(z: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row maxima of a block of logits and the column of each row's first maximum.
+def _update_top1(z: torch.Tensor, m: torch.Tensor, best: torch.Tensor, top: torch.Tensor,
+                 v0: int, first: bool) -> None:
+    """Carry the running top-1 of each row over the block of logits ``z`` (columns from v0).
 
-    An index-tracking max over [rows x block] costs several times a plain amax, so the amax
-    runs over slices of LENS_SUB columns and the index is looked for only in the slice that
-    holds the maximum (argmax returns first occurrences, so ties resolve as argmax would).
+    ``best`` holds each row's largest logit so far and ``top`` its first column. An
+    index-tracking max over every block costs several times the plain maximum ``m`` the
+    entropy needs anyway, so only rows whose maximum grows in this block (strictly: an equal
+    value in a later block is not the first) are searched, with argmax (first occurrence);
+    after the first block these are few.
     """
-    r, w = z.shape
-    if w % LENS_SUB:
-        return z.max(dim=-1)
-    sub = z.view(r, w // LENS_SUB, LENS_SUB)
-    m, where = sub.amax(dim=-1).max(dim=-1)
-    return m, where * LENS_SUB + sub[rows, where].argmax(dim=-1)
+    if first:
+        torch.argmax(z, dim=-1, out=top)
+        best.copy_(m)
+        return
+    rows = (m > best).nonzero().squeeze(1)
+    if rows.numel():
+        top[rows] = z.index_select(0, rows).argmax(dim=-1) + v0
+        torch.maximum(best, m, out=best)
 
 
 # --------------------------------------------------------------------------- attention

@@ -205,12 +205,12 @@ def test_fused_and_chunked_attention_agree_with_float64(tq, tk, masked):
 
 
 def test_lens_blocks_agree_with_float64_and_ties_go_to_the_first():
-    """The lens reduced over several vocabulary blocks and top-1 slices (with bias, scale and
-    soft-cap) equals float64 on the full logits. Integer weights and inputs make the logits exact,
-    so tied maxima are real ties: within a slice, across slices, across blocks, and in a last
-    block narrower than a slice; the top-1 is the first of them, as argmax gives it."""
+    """The lens reduced over several vocabulary blocks (with bias, scale and soft-cap) equals
+    float64 on the full logits. Integer weights and inputs make the logits exact, so tied maxima
+    are real ties: within a block, across blocks, and in a narrower last block; the top-1 is the
+    first of them, as argmax gives it."""
     torch.manual_seed(4)
-    sub = L.LENS_SUB
+    sub = 1024                                   # the blocks below are 1 or 2 of these wide
     vocab, hidden = 2 * sub + 300, 16
     weight = torch.randint(-2, 3, (vocab, hidden)).float()
     signs = torch.ones(3, hidden)
