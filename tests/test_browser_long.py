@@ -38,11 +38,12 @@ OVERLAPS = """() => {
   return out;
 }"""
 
-# For each heatmap's x axis: the smallest distance between neighbouring tick labels, measured
-# across their baselines (rotated by 50 degrees, each label ends at its tick: the right edge of
-# its box), and the labels' font size.
+# For each layer x position heatmap's x axis (its y axis: layers or heads): the smallest distance
+# between neighbouring tick labels, measured across their baselines (rotated by 50 degrees, each
+# label ends at its tick: the right edge of its box), and the labels' font size.
 TICK_GAPS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(
-    (p) => p.querySelector('.heatmaplayer')).map((p) => {
+    (p) => p.querySelector('.heatmaplayer')
+      && /^(layer|head)/.test((p.querySelector('.ytitle') || {}).textContent || '')).map((p) => {
   const ticks = Array.from(p.querySelectorAll('.xtick text')).map((t) => t.getBoundingClientRect());
   const xs = ticks.map((r) => r.right).sort((a, b) => a - b);
   let gap = Infinity;
