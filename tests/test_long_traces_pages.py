@@ -137,3 +137,22 @@ def test_layers_page_is_labelled_and_reads_each_trace_once(layers_store, monkeyp
     rerun(at)
     assert all(m.value.endswith("bits") for m in at.metric)
     assert len(calls) == 1, calls
+
+
+def test_estimator_comparison_is_drawn_on_request_in_the_page_unit(long_store, monkeypatch):
+    at = page(EXPLORER, long_store, monkeypatch)
+    n_charts = len(at.get("plotly_chart"))
+    assert n_charts == 1  # the entropy curve only
+    at.toggle(key="explorer.compare_estimators").set_value(True)
+    at.session_state["unit"] = "bits"
+    rerun(at)
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(specs) == 2
+    comparison = specs[1]
+    names = [t.get("name") for t in comparison["data"]]
+    assert "y = x" in names and len(names) >= 2
+    assert "bits" in comparison["layout"]["xaxis"]["title"]["text"]
+    # its x axis is the full entropy in bits, the values the curve draws (estimator full)
+    full, curve = values(comparison["data"][0]["x"]), values(specs[0]["data"][0]["y"])
+    assert at.selectbox(key="explorer.estimator").value == "full"
+    assert np.allclose(np.sort(full[np.isfinite(full)]), np.sort(curve[np.isfinite(curve)]))
