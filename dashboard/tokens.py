@@ -31,11 +31,13 @@ MAX_ALTERNATIVES = 10  # alternatives listed in a token's hover card
 #: The block is laid out and painted only when scrolled near (``content-visibility``: it sits
 #: below the curve, and a rerun then does not pay for 1,500 spans it cannot show); that clips
 #: what it paints to its padding box, so a padding as tall as a hover card, taken back by a
-#: negative margin and let through to the content under it, keeps the last lines' cards whole.
+#: negative margin and let through to the content under it, keeps the last lines' cards whole
+#: (and, being its own stacking context, the block is lifted above what follows it).
 TEXT_CSS = """<style>
 .ts-text { font-family: ui-monospace, monospace; font-size: 0.9rem; line-height: 1.9;
   white-space: pre-wrap; word-break: break-word; content-visibility: auto;
-  contain-intrinsic-size: auto 1500px; padding-bottom: 17rem; margin-bottom: -17rem; pointer-events: none; }
+  contain-intrinsic-size: auto 1500px; padding-bottom: 17rem; margin-bottom: -17rem; pointer-events: none;
+  position: relative; z-index: 2; }
 .ts-text .tok, .ts-text .ts-boundary { pointer-events: auto; }
 .ts-text .tok { border-radius: 2px; position: relative; }
 .ts-text .tok:hover { outline: 2px solid #1d4ed8; outline-offset: 0; }

@@ -4,10 +4,12 @@ do not overlap, readable heatmap ticks. Screenshots go to $THINKSCOPE_SCREENSHOT
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.browser import browser_page, streamlit_server, wait_for_app
 from tests.long_traces import layer_trace_store, long_trace_store
@@ -95,13 +97,24 @@ def test_explorer_hover_card_and_labels_at_three_widths(tmp_path, shots):
                 # the last line's card is whole (the text block paints only inside its padding box),
                 # and what lies under that padding (the colour legend) still takes the pointer
                 last = page.locator("span.tok").last
-                last.scroll_into_view_if_needed()
+                last.evaluate("(el) => el.scrollIntoView({block: 'center'})")
                 last.hover()
                 fits = last.evaluate("""(el) => { const t = el.getBoundingClientRect();
                     const h = parseFloat(getComputedStyle(el, '::after').height);
                     const box = el.closest('.ts-text').getBoundingClientRect();
-                    return [t.bottom + 4 + h <= box.bottom + 1, h > 100]; }""")
-                assert fits == [True, True], fits
+                    return [t.bottom + 4 + h <= box.bottom + 1, h > 100, t.left, t.bottom + 4 + h]; }""")
+                assert fits[:2] == [True, True], fits
+                # and it is drawn over what follows the text: a red box put after the text, where the
+                # card is, does not show through it
+                page.evaluate("""([x, y, w, h]) => { const d = document.createElement('div');
+                    d.style.cssText = `position:fixed; left:${x}px; top:${y}px; width:${w}px; height:${h}px;
+                                       background:rgb(255,0,0); pointer-events:none`;
+                    document.querySelector('[data-testid="stMain"]').appendChild(d); }""",
+                              [fits[2], fits[3] - 60, 200, 50])
+                page.wait_for_timeout(200)
+                shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+                probes = [shot.getpixel((int(fits[2]) + dx, int(fits[3]) - dy)) for dx in (6, 60, 120) for dy in (20, 40)]
+                assert (255, 0, 0) not in probes, probes
                 legend = page.get_by_text("outlined tokens are forking points").first
                 legend.scroll_into_view_if_needed()
                 lb = legend.bounding_box()
