@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from streamlit.testing.v1 import AppTest
 
 from analysis.record import GenerationSettings, Prompt, record_run
@@ -84,10 +85,15 @@ def test_browser_opens_the_lens_heatmap(layer_store):
         wait_for_app(page)
         page.wait_for_selector(".js-plotly-plot .heatmaplayer", timeout=60000)
         plot = page.locator(".js-plotly-plot").first
-        box = plot.bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5)
-        page.wait_for_function(
-            "() => (document.querySelector('.hoverlayer') || {}).textContent?.includes('top-1 at this layer')",
-            timeout=15000)
+        hovered = "() => (document.querySelector('.hoverlayer') || {}).textContent?.includes('top-1 at this layer')"
+        for attempt in range(5):  # the page may still be laying out below the mouse: move again
+            box = plot.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.4 + attempt, box["y"] + box["height"] * 0.5)
+            try:
+                page.wait_for_function(hovered, timeout=3000)
+                break
+            except PlaywrightTimeout:
+                page.mouse.move(0, 0)
+        page.wait_for_function(hovered, timeout=15000)
         text = page.locator(".hoverlayer").first.text_content()
         assert "layer" in text and "logit-lens entropy" in text and "nats" in text

@@ -26,6 +26,7 @@ def test_signals_and_compare_pages_in_chromium(tmp_path):
         # change the calibrated signal: the reliability diagram's title follows
         box = page.locator("[data-testid='stSelectbox']").filter(has_text="Signal")
         box.click()
+        page.keyboard.type("length")  # the list scrolls; typing narrows it to the option
         page.get_by_role("option").filter(has_text="length").first.click()
         page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
                                ".some(e => e.textContent.includes('length'))", timeout=60000)
