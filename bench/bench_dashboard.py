@@ -96,14 +96,14 @@ TIMES = """(t0) => {
 }"""
 
 EXPLORER_READY = ("return document.querySelector('span.tok') && "
-                  "document.querySelector('[data-testid=\"stPlotlyChart\"] .main-svg .xtitle')")
+                  "document.querySelector('.ts-lc[data-state=\"drawn\"] .ts-lc-xtitle')")
 LAYERS_READY = "return document.querySelectorAll('.js-plotly-plot .heatmaplayer image').length >= 2"
 
 
 def curve_says(text: str) -> str:
-    """A check that the explorer's entropy curve (first chart) shows ``text`` in its legend or axes."""
-    return ("const p = document.querySelector('[data-testid=\"stPlotlyChart\"] .main-svg');"
-            f"return p && p.parentElement.parentElement.textContent.includes({text!r});")
+    """A check that the explorer's entropy curve (its canvas line chart) shows ``text`` in its legend or axes."""
+    return ("const p = document.querySelector('.ts-lc');"
+            f"return p && p.textContent.includes({text!r});")
 
 
 # --------------------------------------------------------------------------- AppTest
@@ -176,7 +176,16 @@ def pick_trace(page, index: int) -> float:
     return t0
 
 
-def browser_round(long_path: Path, layers_path: Path, w: int) -> dict[str, float]:
+def browser_round(long_path: Path, layers_path: Path, w: int, pages=("explorer", "layers")) -> dict[str, float]:
+    out = {}
+    if "explorer" in pages:
+        out.update(browser_explorer(long_path, w))
+    if "layers" in pages:
+        out.update(browser_layers(layers_path))
+    return out
+
+
+def browser_explorer(long_path: Path, w: int) -> dict[str, float]:
     from tests.browser import browser_page, streamlit_server, wait_for_app
 
     out = {}
@@ -201,6 +210,13 @@ def browser_round(long_path: Path, layers_path: Path, w: int) -> dict[str, float
         page.locator("[data-testid='stSidebar']").get_by_text("bits", exact=True).click()
         out["browser unit toggle (script)"], out["browser unit toggle (settled)"] = settle(
             page, t0, curve_says("bits"))
+    return out
+
+
+def browser_layers(layers_path: Path) -> dict[str, float]:
+    from tests.browser import browser_page, streamlit_server, wait_for_app
+
+    out = {}
     with streamlit_server(layers_path) as url, browser_page(width=1440, height=1000) as page:
         page.add_init_script(INSTRUMENT)
         page.goto(url)
@@ -217,6 +233,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-browser", action="store_true", help="script times only (AppTest)")
     ap.add_argument("--tokens", type=int, default=8000)
+    ap.add_argument("--only", choices=["explorer", "layers"], help="the browser measures of one page only")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     long_path, layers_path = tmp / "long.duckdb", tmp / "layers.duckdb"
@@ -229,7 +246,8 @@ def main() -> int:
         w, pct, unit = (5, 90.0, "bits") if r % 2 == 0 else (6, 92.5, "bits")
         measures = apptest_round(long_path, layers_path, w, pct, unit)
         if not args.no_browser:
-            measures.update(browser_round(long_path, layers_path, w))
+            measures.update(browser_round(long_path, layers_path, w,
+                                          (args.only,) if args.only else ("explorer", "layers")))
         for k, v in measures.items():
             samples[k].append(v)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in measures.items()), flush=True)

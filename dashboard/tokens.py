@@ -190,21 +190,26 @@ def _attr_escape(text: str) -> str:
 
 def token_spans(tokens: Sequence[str], values: np.ndarray, vmax: float, unit: str, estimator: str,
                 alternatives: np.ndarray | None = None, boundary: int | None = None, offset: int = 0,
-                marks: Sequence[int] = ()) -> Markup:
+                marks: Sequence[int] = (), also: Sequence[tuple[str, np.ndarray]] = ()) -> Markup:
     """The trace text as one HTML block, each token a ``span.tok`` (``data-pos`` = position)
     whose background is its entropy on 0 .. ``vmax`` (in ``unit``) and whose text is black or
     white by the background's luminance. Its hover card (the title) gives the position, the
-    token, its entropy with unit and estimator, and ``alternatives`` (from
-    :func:`alternatives_text`). Positions in ``marks`` are outlined (forking points)."""
+    token, its entropy with unit and estimator (and in each further ``(unit, values)`` of
+    ``also``), and ``alternatives`` (from :func:`alternatives_text`). Positions in ``marks``
+    are outlined (forking points)."""
     n = len(tokens)
     v = np.asarray(values, dtype=np.float64)[:n]
     bg, fg = token_colors(v, vmax)
     pos = np.arange(offset, offset + n)
     raw = np.array(list(tokens), dtype=object) if n else np.empty(0, dtype=object)
     label = per_unique(repr, raw.astype(str).astype(object))
-    value = np.where(np.isfinite(v), np.char.mod("%.3f", np.nan_to_num(v)).astype(object), "n/a")
+    def shown(x: np.ndarray) -> np.ndarray:
+        return np.where(np.isfinite(x), np.char.mod("%.3f", np.nan_to_num(x)).astype(object), "n/a")
+
     tip = ("#" + pos.astype(str).astype(object) + "  " + label
-           + f"\nentropy ({unit}, {estimator}): " + value)
+           + f"\nentropy ({unit}, {estimator}): " + shown(v))
+    for other_unit, other in also:
+        tip = tip + f"\nentropy ({other_unit}, {estimator}): " + shown(np.asarray(other, dtype=np.float64)[:n])
     if alternatives is not None:
         tip = tip + np.asarray(alternatives, dtype=object)[:n]
     esc = np.vectorize(_attr_escape, otypes=[object])
@@ -243,18 +248,35 @@ def colorbar_html(vmax: float, unit: str, estimator: str) -> str:
 @dataclass(frozen=True)
 class TraceText:
     """What the explorer draws of one trace, computed once per trace: token texts, every
-    estimator's entropy (nats), the hover cards' alternatives and plotly-safe token labels."""
+    estimator's entropy (nats), plotly-safe token labels and the top-k alternatives, whose hover
+    card lines are made for the tokens shown (:meth:`alternatives_in`), not for all of them."""
 
     tokens: list[str]
     entropy: dict[str, np.ndarray]
-    alternatives: np.ndarray
     labels: np.ndarray  # label_token, escaped for plotly
     text: str  # the completion: the tokens joined
     offsets: np.ndarray  # [n + 1] where each token starts in ``text`` (and the end)
+    topk_tokens: np.ndarray | None = None  # per token, its alternatives' texts (object array)
+    topk_logprobs: np.ndarray | None = None  # per token, their logprobs
 
     @property
     def n(self) -> int:
         return len(self.tokens)
+
+    def alternatives_in(self, start: int, stop: int) -> np.ndarray:
+        """The hover card lines of tokens start..stop (:func:`alternatives_text`)."""
+        start, stop = max(0, int(start)), min(self.n, int(stop))
+        if self.topk_tokens is None or self.topk_logprobs is None or stop <= start:
+            out = np.full(max(0, stop - start), "", dtype=object)
+        else:
+            out = alternatives_text(self.topk_tokens[start:stop], self.topk_logprobs[start:stop], stop - start)
+        out.flags.writeable = False
+        return out
+
+    @property
+    def alternatives(self) -> np.ndarray:
+        """The hover card lines of every token."""
+        return self.alternatives_in(0, self.n)
 
 
 def trace_text(tok: pd.DataFrame, entropy_columns: dict[str, str]) -> TraceText:
@@ -268,10 +290,9 @@ def trace_text(tok: pd.DataFrame, entropy_columns: dict[str, str]) -> TraceText:
             a = tok[col].to_numpy(dtype=np.float64, na_value=np.nan)
             a.flags.writeable = False
             entropy[est] = a
-    alts = alternatives_text(tok["topk_tokens"] if "topk_tokens" in tok else None,
-                             tok["topk_logprobs"] if "topk_logprobs" in tok else None, len(tokens))
+    topk = [tok[c].to_numpy(dtype=object) if c in tok else None for c in ("topk_tokens", "topk_logprobs")]
     labels = per_unique(lambda t: chart(label_token(t)[:40]), tokens)
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens], dtype=np.int64)]).astype(np.int64)
-    for a in (alts, labels, offsets):
+    for a in (labels, offsets, *[t for t in topk if t is not None]):
         a.flags.writeable = False
-    return TraceText(tokens, entropy, alts, labels, "".join(tokens), offsets)
+    return TraceText(tokens, entropy, labels, "".join(tokens), offsets, *topk)

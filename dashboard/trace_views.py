@@ -31,15 +31,18 @@ def _vmax(values: np.ndarray) -> float:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def text_html(path: str, version: int, trace_id: int, estimator: str, unit: str, start: int, stop: int,
+def text_html(path: str, version: int, trace_id: int, estimator: str, start: int, stop: int,
               boundary: int) -> tuple[token_text.Markup, float]:
     """The coloured text of tokens start..stop and the colour scale's top (99th percentile of
-    the whole trace, in ``unit``)."""
+    the whole trace, nats). The same in either unit: each hover card gives the entropy in nats
+    and in bits, and the colours are relative to the scale's top, so a unit toggle leaves the
+    text as it is (the browser does not lay out 1,500 spans again)."""
     tt = trace_text(path, version, trace_id)
-    values = state.convert(tt.entropy[estimator], unit)
+    values = tt.entropy[estimator]
     vmax = _vmax(values)
-    return token_text.token_spans(tt.tokens[start:stop], values[start:stop], vmax, unit, estimator,
-                                  tt.alternatives[start:stop], boundary, offset=start), vmax
+    return token_text.token_spans(tt.tokens[start:stop], values[start:stop], vmax, "nats", estimator,
+                                  tt.alternatives_in(start, stop), boundary, offset=start,
+                                  also=[("bits", state.convert(values[start:stop], "bits"))]), vmax
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

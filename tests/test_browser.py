@@ -15,7 +15,7 @@ def test_explorer_shows_chart_and_coloured_text(store, tiny_lm, tmp_path):
     with streamlit_server(store.path) as url, browser_page() as page:
         page.goto(url + "/explorer")
         wait_for_app(page)
-        page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=60000)
+        page.wait_for_selector(".ts-lc[data-state='drawn'] .ts-lc-xtitle", timeout=60000)
         page.wait_for_selector("span.tok", timeout=60000)
         toks = page.locator("span.tok")
         assert toks.count() == 40

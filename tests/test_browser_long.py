@@ -22,9 +22,10 @@ WIDTHS = (1280, 1440, 1920)
 # pairs of them that intersect (by more than 1 px each way), per chart.
 OVERLAPS = """() => {
   const out = [];
-  document.querySelectorAll('.js-plotly-plot').forEach((plot, i) => {
+  document.querySelectorAll('.js-plotly-plot, .ts-lc').forEach((plot, i) => {
     const parts = [];
-    for (const sel of ['.gtitle', '.legend', '.xtitle', '.ytitle', '.annotation', '.cbtitle']) {
+    for (const sel of ['.gtitle', '.legend', '.xtitle', '.ytitle', '.annotation', '.cbtitle',
+                       '.ts-lc-legend', '.ts-lc-xtitle', '.ts-lc-ytitle', '.ts-lc-note']) {
       plot.querySelectorAll(sel).forEach((el) => {
         const r = el.getBoundingClientRect();
         if (r.width > 0 && r.height > 0) parts.push([sel, el.textContent.slice(0, 30), r]);
@@ -64,7 +65,7 @@ def shots(tmp_path_factory) -> Path:
 
 def settle(page) -> None:
     wait_for_app(page, timeout_ms=180000)
-    page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=180000)
+    page.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg, .ts-lc[data-state='drawn']", timeout=180000)
     page.wait_for_function("() => document.querySelector('[data-testid=\"stApp\"]')"
                            ".getAttribute('data-test-script-state') === 'notRunning'", timeout=180000)
     page.wait_for_timeout(800)
@@ -121,13 +122,13 @@ def test_explorer_hover_card_and_labels_at_three_widths(tmp_path, shots):
                 hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y).closest('.ts-text') === null",
                                     [lb["x"] + 5, lb["y"] + lb["height"] / 2])
                 assert hit
-                chart = page.locator("[data-testid='stPlotlyChart']").first
+                chart = page.locator(".ts-lc").first
                 chart.scroll_into_view_if_needed()
                 box = chart.bounding_box()
                 page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.55)
-                page.wait_for_function("() => (document.querySelector('.hoverlayer') || {}).textContent"
+                page.wait_for_function("() => (document.querySelector('.ts-lc-hover') || {}).textContent"
                                        "?.includes('nats (full)')", timeout=20000)
-                hover = page.locator(".hoverlayer").first.text_content()
+                hover = page.locator(".ts-lc-hover").first.text_content()
                 assert "H = " in hover and "window H (next 4) = " in hover
                 page.screenshot(path=str(shots / f"explorer-curve-{width}.png"))
 

@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.browser import ROOT
-from tests.helpers import fill_store
+from tests.helpers import chart_json, chart_specs, fill_store
 
 APP = str(ROOT / "dashboard" / "app.py")
 
@@ -40,7 +40,7 @@ def test_explorer_shows_curve_text_and_forks(filled):
     assert at.title[0].value == "Trace explorer"
     htmls = [h.proto.body for h in at.get("html")]
     assert any('class="tok"' in h for h in htmls), "coloured token text missing"
-    assert len(at.get("plotly_chart")) >= 1
+    assert len(chart_specs(at)) >= 1
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Tokens"] == "24"
     # switching to bits changes every displayed value by 1/ln 2
@@ -64,7 +64,7 @@ def test_explorer_threshold_methods_and_estimators(filled):
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         forks[method] = {m.label: m.value for m in at.metric}["Forking points"]
-        assert at.session_state["explorer.estimator"] in at.get("plotly_chart")[0].proto.spec
+        assert at.session_state["explorer.estimator"] in chart_json(at)[0]
     # a fixed threshold of 1.0 nats on a random model (entropy ~ ln 320 = 5.8) marks every position
     assert int(forks["fixed"]) >= 20
 

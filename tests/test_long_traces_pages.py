@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from analysis.store import Store
 from tests.browser import ROOT
+from tests.helpers import chart_json, chart_specs
 from tests.long_traces import layer_trace_store, long_trace_store
 
 EXPLORER = str(ROOT / "dashboard" / "views" / "explorer.py")
@@ -91,14 +92,14 @@ def test_controls_reuse_the_trace_read_once(long_store, monkeypatch):
     at = page(EXPLORER, long_store, monkeypatch)
     at.slider(key="explorer.w").set_value(7)
     rerun(at)
-    assert "next 7 tokens" in at.get("plotly_chart")[0].proto.spec
+    assert "next 7 tokens" in chart_json(at)[0]
     at.slider(key="explorer.pct").set_value(90.0)
     rerun(at)
     at.selectbox(key="explorer.estimator").set_value("topk_renorm")
     rerun(at)
     at.session_state["unit"] = "bits"
     rerun(at)
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    spec = chart_specs(at)[0]
     assert spec["layout"]["yaxis"]["title"]["text"] == "entropy H (bits, topk_renorm)"
     assert "entropy (bits, topk_renorm)" in next(b for b in html_bodies(at) if 'class="ts-text"' in b)
     assert len(calls) == 1, calls
@@ -141,12 +142,12 @@ def test_layers_page_is_labelled_and_reads_each_trace_once(layers_store, monkeyp
 
 def test_estimator_comparison_is_drawn_on_request_in_the_page_unit(long_store, monkeypatch):
     at = page(EXPLORER, long_store, monkeypatch)
-    n_charts = len(at.get("plotly_chart"))
+    n_charts = len(chart_specs(at))
     assert n_charts == 1  # the entropy curve only
     at.toggle(key="explorer.compare_estimators").set_value(True)
     at.session_state["unit"] = "bits"
     rerun(at)
-    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    specs = chart_specs(at)
     assert len(specs) == 2
     comparison = specs[1]
     names = [t.get("name") for t in comparison["data"]]

@@ -10,6 +10,7 @@ import streamlit as st
 
 from analysis import forking, metrics
 from dashboard import charts, state
+from dashboard.line_chart import line_chart
 from dashboard import tokens as token_text
 from dashboard.trace_views import comparison_figure, text_html, trace_text
 
@@ -79,7 +80,7 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
     # ------------------------------------------------------------ curve
     fig = charts.entropy_curve(tt.labels, state.convert(h, unit), state.convert(win, unit), tau_shown,
                                forks, unit, estimator, w, boundary, conditions=conditions)
-    st.plotly_chart(fig, width="stretch", theme=None, key="explorer.curve")
+    line_chart(fig, key="explorer.curve")
     if boundary < n:
         st.caption(f"Thinking: tokens 0–{boundary - 1}; answer: tokens {boundary}–{n - 1} "
                    f"(split after the marker).")
@@ -146,7 +147,7 @@ start, stop = 0, n
 if n > MAX_TEXT_TOKENS:
     start, stop = st.slider("Tokens shown", 0, n, (0, MAX_TEXT_TOKENS), step=50,
                             key=f"explorer.range.{trace_id}")
-body, vmax = state.cached(text_html, int(trace_id), estimator, unit, int(start), int(stop), boundary)
+body, vmax = state.cached(text_html, int(trace_id), estimator, int(start), int(stop), boundary)
 with st.container(border=True):
     if row.prompt:
         st.markdown("**Prompt**")
@@ -154,7 +155,7 @@ with st.container(border=True):
                 + html.escape(str(row.prompt)) + "</div>")
         st.markdown("**Completion**")
     st.html(body)
-st.html(token_text.colorbar_html(vmax, unit, estimator))
+st.html(token_text.colorbar_html(float(state.convert(vmax, unit)), unit, estimator))
 
 if len(available) > 1 and "full" in available:
     # drawn on request: a scatter of every token per estimator is the page's heaviest chart
