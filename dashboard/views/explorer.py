@@ -80,7 +80,7 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
     # ------------------------------------------------------------ curve
     fig = charts.entropy_curve(tt.labels, state.convert(h, unit), state.convert(win, unit), tau_shown,
                                forks, unit, estimator, w, boundary, conditions=conditions)
-    line_chart(fig, key="explorer.curve")
+    line_chart(fig, key=f"explorer.curve.{trace_id}")  # a zoom belongs to its trace
     if boundary < n:
         st.caption(f"Thinking: tokens 0–{boundary - 1}; answer: tokens {boundary}–{n - 1} "
                    f"(split after the marker).")
