@@ -61,38 +61,39 @@ def downsample_minmax(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np
     return x[keep], y[keep]
 
 
-def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarray, tau: float | None,
-                  forks: np.ndarray, unit: str, estimator: str, w: int, boundary: int | None = None,
-                  max_points: int = 20000, conditions: str | None = None) -> go.Figure:
-    """Single-token and window entropy along a trace, forking points and threshold marked.
+def entropy_curve_spec(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarray, tau: float | None,
+                       forks: np.ndarray, unit: str, estimator: str, w: int, boundary: int | None = None,
+                       max_points: int = 20000, conditions: str | None = None) -> dict:
+    """Single-token and window entropy along a trace, forking points and threshold marked, as a
+    plotly figure spec (a dict of plain values and numpy arrays, built without plotly's
+    validation, which costs more than the rest of a slider move on a long trace; the explorer
+    draws it with ``dashboard.line_chart``, and :func:`entropy_curve` makes it a figure).
 
     ``labels`` are the tokens as plotly-safe labels (escaped, whitespace visible). One hover
     per position shows the token, its entropy and the window entropy, each with unit and
     estimator, and ``conditions`` (the temperature and truncation the values were taken at,
-    ``metrics.conditions_text``) where given. The curves are SVG lines, one path each (WebGL
-    costs far more where the browser renders without a GPU, and an 8,000-token line is cheap
-    as SVG); beyond ``max_points`` they are min/max downsampled so that peaks survive. The threshold
-    and the boundary are layout shapes (plotly's add_hline costs more than the curves).
+    ``metrics.conditions_text``) where given. Beyond ``max_points`` the curves are min/max
+    downsampled so that peaks survive. The threshold and the boundary are layout shapes.
     """
     n = len(token_h)
     x = np.arange(n)
-    fig = go.Figure()
     hover = np.asarray(labels, dtype=object)
     est = chart(estimator)
     at = f"<br>{chart(conditions)}" if conditions else ""
     xs, ys = downsample_minmax(x, np.asarray(token_h, float), max_points)
-    fig.add_trace(go.Scatter(
-        x=xs, y=ys, mode="lines", name="token entropy", line=dict(color="#a78bfa", width=1),
-        customdata=hover[xs] if n else None,
-        hovertemplate=f"token %{{customdata}}<br>H = %{{y:.3f}} {unit} ({est}){at}<extra></extra>"))
+    token_trace = dict(type="scatter", x=xs, y=ys, mode="lines", name="token entropy",
+                       line=dict(color="#a78bfa", width=1),
+                       hovertemplate=f"token %{{customdata}}<br>H = %{{y:.3f}} {unit} ({est}){at}<extra></extra>")
+    if n:
+        token_trace["customdata"] = hover[xs]
     xw, yw = downsample_minmax(x, np.asarray(window_h, float), max_points)
-    fig.add_trace(go.Scatter(
-        x=xw, y=yw, mode="lines", name=f"window entropy (next {w} tokens)",
+    data = [token_trace, dict(
+        type="scatter", x=xw, y=yw, mode="lines", name=f"window entropy (next {w} tokens)",
         line=dict(color="#4c1d95", width=2.2),
-        hovertemplate=f"window H (next {w}) = %{{y:.3f}} {unit} ({est})<extra></extra>"))
+        hovertemplate=f"window H (next {w}) = %{{y:.3f}} {unit} ({est})<extra></extra>")]
     if len(forks):
-        fig.add_trace(go.Scatter(
-            x=forks, y=np.asarray(window_h)[forks], mode="markers", name="forking point",
+        data.append(dict(
+            type="scatter", x=np.asarray(forks), y=np.asarray(window_h)[forks], mode="markers", name="forking point",
             marker=dict(color="#e11d48", size=8, symbol="diamond", line=dict(color="white", width=1)),
             hoverinfo="skip"))  # a unified hover would show the nearest fork at any position
     shapes, notes = [], []
@@ -100,19 +101,24 @@ def entropy_curve(labels: Sequence[str], token_h: np.ndarray, window_h: np.ndarr
         # named in the legend rather than on the line, where the forking points would cover it
         shapes.append(dict(type="line", xref="paper", x0=0, x1=1, y0=tau, y1=tau,
                            line=dict(color="#e11d48", dash="dash", width=1)))
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"threshold τ = {tau:.3f} {unit}",
-                                   line=dict(color="#e11d48", dash="dash", width=1), hoverinfo="skip"))
+        data.append(dict(type="scatter", x=[None], y=[None], mode="lines", name=f"threshold τ = {tau:.3f} {unit}",
+                         line=dict(color="#e11d48", dash="dash", width=1), hoverinfo="skip"))
     if boundary is not None and 0 < boundary < n:
         shapes.append(dict(type="line", yref="paper", y0=0, y1=1, x0=boundary - 0.5, x1=boundary - 0.5,
                            line=dict(color="#15803d", width=2)))
         notes.append(dict(yref="paper", x=boundary - 0.5, y=1, yanchor="bottom", xanchor="left",
                           showarrow=False, text="answer starts", font=dict(color="#15803d", size=11)))
-    fig.update_layout(
+    layout = dict(
         template=TEMPLATE, height=360, margin=dict(l=10, r=10, t=40, b=10), hovermode="x unified", shapes=shapes,
         annotations=notes, legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0),
-        xaxis=dict(title="token position in completion", hoverformat="d"),
-        yaxis=dict(title=unit_label("entropy H", unit, estimator), rangemode="tozero"))
-    return fig
+        xaxis=dict(title=dict(text="token position in completion"), hoverformat="d"),
+        yaxis=dict(title=dict(text=unit_label("entropy H", unit, estimator)), rangemode="tozero"))
+    return dict(data=data, layout=layout)
+
+
+def entropy_curve(*args, **kwargs) -> go.Figure:
+    """:func:`entropy_curve_spec` as a plotly figure (validated)."""
+    return go.Figure(entropy_curve_spec(*args, **kwargs))
 
 
 def run_entropy_box(stats: pd.DataFrame, unit: str) -> go.Figure:

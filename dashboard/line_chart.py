@@ -12,8 +12,10 @@ decoded from plotly's label escaping and only ever set as text, never as markup.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit.components.v2 as components
 from plotly.io.json import to_json_plotly
@@ -29,21 +31,31 @@ _render = components.component(
     js=(_HERE / "line_chart.js").read_text(encoding="utf-8"), isolate_styles=False)
 
 
-def figure_spec(fig: go.Figure) -> str:
-    """The figure as the JSON the component draws (plotly's own encoding, arrays as typed
-    base64); its template is left out: the component has its own look."""
-    spec = fig.to_plotly_json()
-    for trace in spec["data"]:
+def _typed(value):
+    """A 1-d numeric numpy array as plotly's typed-array encoding (what line_chart.js decodes)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "fiub":
+        a = value.astype("<f8") if value.dtype.kind == "f" else value.astype("<i4")
+        return {"dtype": "f8" if value.dtype.kind == "f" else "i4", "bdata": base64.b64encode(a.tobytes()).decode()}
+    return value
+
+
+def figure_spec(fig: go.Figure | dict) -> str:
+    """The figure as the JSON the component draws: a plotly figure, or a figure spec of plain
+    values and numpy arrays (``charts.entropy_curve_spec``; numeric arrays are sent as typed
+    base64, as plotly sends them). Its template is left out: the component has its own look."""
+    spec = fig.to_plotly_json() if isinstance(fig, go.Figure) else fig
+    data = [{k: _typed(v) for k, v in trace.items()} for trace in spec.get("data", ())]
+    for trace in data:
         if trace.get("type", "scatter") not in TRACE_TYPES:
             raise ValueError(f"line_chart draws scatter traces only, not {trace.get('type')!r}")
-    layout = dict(spec["layout"])
+    layout = dict(spec.get("layout", {}))
     layout.pop("template", None)
     for shape in layout.get("shapes", ()):
         if shape.get("type") not in SHAPE_TYPES:
             raise ValueError(f"line_chart draws line shapes only, not {shape.get('type')!r}")
-    return to_json_plotly({"data": spec["data"], "layout": layout})
+    return to_json_plotly({"data": data, "layout": layout})
 
 
-def line_chart(fig: go.Figure, key: str) -> None:
+def line_chart(fig: go.Figure | dict, key: str) -> None:
     """Draw ``fig`` (scatter traces, line shapes, annotations) on a canvas in the page."""
     _render(data={"spec": figure_spec(fig)}, key=key)

@@ -78,7 +78,7 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
                f"{conditions}.")
 
     # ------------------------------------------------------------ curve
-    fig = charts.entropy_curve(tt.labels, state.convert(h, unit), state.convert(win, unit), tau_shown,
+    fig = charts.entropy_curve_spec(tt.labels, state.convert(h, unit), state.convert(win, unit), tau_shown,
                                forks, unit, estimator, w, boundary, conditions=conditions)
     line_chart(fig, key=f"explorer.curve.{trace_id}")  # a zoom belongs to its trace
     if boundary < n:
