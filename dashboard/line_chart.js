@@ -249,6 +249,7 @@ function draw(st) {
     ctx.fillText(tickLabel(v, xt.step), x, m.t + ph + 6);
   }
 
+  // lines inside the plot; markers may reach over its edges by their size, as in plotly
   ctx.save();
   ctx.beginPath(); ctx.rect(m.l, m.t - 8, pw, ph + 16); ctx.clip();
   // shapes under the traces
@@ -279,6 +280,13 @@ function draw(st) {
       ctx.stroke();
       ctx.setLineDash([]);
     }
+  }
+  ctx.restore();
+  ctx.save();
+  ctx.beginPath(); ctx.rect(m.l - 10, m.t - 10, pw + 20, ph + 20); ctx.clip();
+  for (const t of st.traces) {
+    if (st.hidden.has(t.i)) continue;
+    const a = Math.max(0, lowerBound(t.x, x0) - 1), b = Math.min(t.x.length, lowerBound(t.x, x1) + 1);
     if (t.mode.includes("markers")) {
       const r = (t.marker.size || 6) / 2 + 1;
       const ml = t.marker.line || {};
@@ -286,7 +294,7 @@ function draw(st) {
       ctx.strokeStyle = ml.color || "white"; ctx.lineWidth = ml.width || 0;
       for (let k = a; k < b; k++) {
         const xv = t.x[k], yv = t.y[k];
-        if (xv === null || yv === null || !Number.isFinite(xv) || !Number.isFinite(yv)) continue;
+        if (xv === null || yv === null || !Number.isFinite(xv) || !Number.isFinite(yv) || xv < x0 || xv > x1) continue;
         symbolPath(ctx, t.marker.symbol, sx(xv), sy(yv), r);
         ctx.fill();
         if (ctx.lineWidth > 0) ctx.stroke();

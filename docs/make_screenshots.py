@@ -33,7 +33,9 @@ def main() -> int:
         for name in args.pages:
             page.goto(f"{url}/{'' if name == PAGES[0] else name}")  # the default page lives at /
             wait_for_app(page)
-            page.wait_for_timeout(2500)  # plotly draws after the script finishes
+            page.wait_for_function("() => document.querySelector('[data-testid=\"stApp\"]')"
+                                   ".getAttribute('data-test-script-state') === 'notRunning'", timeout=120000)
+            page.wait_for_timeout(2500)  # charts draw after the script finishes
             path = out / f"{name}.png"
             page.screenshot(path=str(path), full_page=True)
             print(path)
