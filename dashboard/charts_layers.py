@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.charts import PALETTE, TEMPLATE
+from dashboard.charts import PALETTE
 from dashboard.text import chart
 from dashboard.tokens import label_token, per_unique
 
@@ -21,6 +21,19 @@ HEAT_SCALE = [(0.0, "#f8fafc"), (0.2, "#fde68a"), (0.45, "#fb923c"), (0.7, "#e11
 LENS_ESTIMATOR = "logit lens: final norm + unembedding, softmax at T=1"
 #: group name -> colour for the anchor/explorer split
 SPLIT_COLORS = {"anchor": "#0891b2", "middle": "#9ca3af", "explorer": "#e11d48"}
+
+
+# ticklabeloverflow "allow": plotly's default ("hide past div") measures every tick label once more
+# after drawing it, to hide those past the figure's edge; the margins below leave them room
+_AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="",
+             title=dict(standoff=15), automargin=True, ticklabeloverflow="allow")
+_COLORBAR = dict(outlinewidth=0, ticks="", ticklabeloverflow="allow")
+#: the few properties of ``plotly_white`` these charts show, as a template: the full one is ~7 kB of
+#: JSON in every figure, and plotly.py builds it into each figure at ~20 ms a figure
+TEMPLATE = dict(
+    layout=dict(font=dict(color="#2a3f5f"), paper_bgcolor="white", plot_bgcolor="white", hovermode="closest",
+                hoverlabel=dict(align="left"), title=dict(x=0.05), xaxis=_AXIS, yaxis=_AXIS),
+    data=dict(heatmap=[dict(colorbar=_COLORBAR)], histogram2d=[dict(colorbar=_COLORBAR)]))
 
 
 def _esc(text: str, limit: int = 30) -> str:
@@ -63,11 +76,17 @@ def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[st
         xaxis.update(tickmode="array", tickvals=x[ticks], ticktext=[_esc(tokens[i], 10) for i in ticks],
                      tickangle=-50, tickfont=dict(size=11), automargin=True)
     yaxis = dict(title=y_title, automargin=True)
+    # the cells cover the plot: grid and zero lines under them would only cost DOM nodes
+    for axis in (xaxis, yaxis):
+        axis.update(showgrid=False, zeroline=False)
     if len(layers) <= 40:
         # every layer's number when they fit (12 px per row), else every second one
         every = 1 if len(layers) <= 20 else 2
         yaxis.update(tickmode="array", tickvals=list(layers)[::every], tickfont=dict(size=11))
-    layout = dict(template=TEMPLATE, height=max(300, 130 + 16 * n_layers), margin=dict(l=10, r=10, t=36, b=10),
+    # margins that already hold the rotated tick labels (10 characters at most), the axis titles and the
+    # colour bar (anchored at the plot's right edge), so plotly's automargin has nothing to push and
+    # the figure is drawn once, not twice; a longer label still pushes them, at the cost of a redraw
+    layout = dict(template=TEMPLATE, height=max(300, 130 + 16 * n_layers), margin=dict(l=52, r=140, t=36, b=90),
                   xaxis=xaxis, yaxis=yaxis,
                   title=dict(text=f"{chart(quantity)} ({chart(unit)}, {chart(estimator)})", font=dict(size=13)))
     if boundary is not None and offset < boundary < offset + n:
@@ -78,7 +97,7 @@ def layer_heatmap(values: np.ndarray, layers: Sequence[int], tokens: Sequence[st
     # one constructor call: plotly validates once instead of at every update_layout
     heat = go.Heatmap(
         z=v.T, x=x, y=list(layers), customdata=custom, colorscale=HEAT_SCALE, hoverongaps=False, **scale,
-        colorbar=dict(title=dict(text=f"{chart(quantity)}<br>({chart(unit)})", side="right")),
+        colorbar=dict(title=dict(text=f"{chart(quantity)}<br>({chart(unit)})", side="right"), x=1.0),
         hovertemplate=(f"layer %{{y}} · position %{{customdata[0]}}<br>token %{{customdata[1]}}<br>"
                        f"{chart(quantity)} = %{{z:.3f}} {chart(unit)} ({chart(estimator)}){extra}<extra></extra>"))
     fig = go.Figure(data=[heat], layout=layout)
@@ -117,8 +136,12 @@ def layer_profile(df: pd.DataFrame, quantity: str, unit: str, estimator: str,
             notes.append(dict(xref="paper", x=0, y=value, xanchor="left", yanchor="bottom", showarrow=False,
                               text=chart(name), font=dict(size=11, color="#374151"),
                               bgcolor="rgba(255,255,255,0.85)"))
+    # margins holding the tick labels, axis titles and (above the plot, for more than one trace) a one-row
+    # legend: nothing left for automargin to push, so no second draw
+    top = 48 if len(data) > 1 else 30
     return go.Figure(data=data, layout=dict(
-        template=TEMPLATE, height=340, margin=dict(l=10, r=10, t=30, b=10), hovermode="closest", shapes=shapes, annotations=notes,
+        template=TEMPLATE, height=340, margin=dict(l=58, r=10, t=top, b=56), hovermode="closest", shapes=shapes,
+        annotations=notes,
         legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
         xaxis=dict(title="layer (1-based; residual stream after the block)"),
         yaxis=dict(title=f"{quantity} ({unit}, {estimator})", rangemode="tozero")))
@@ -148,7 +171,7 @@ def anchors_explorers_density(attn: np.ndarray, token_h: np.ndarray, groups: np.
     data = [go.Histogram2d(
         x=a[ok], y=h[ok], nbinsx=40, nbinsy=30,
         colorscale=[(0.0, "rgba(255,255,255,0)"), (0.02, "#ede9fe"), (1.0, "#4c1d95")],  # empty cells clear
-        colorbar=dict(title=dict(text="tokens", side="right")), zmin=0,
+        colorbar=dict(title=dict(text="tokens", side="right"), x=1.0), zmin=0,
         hovertemplate=(f"{chart(attn_label)} %{{x}}<br>token entropy H %{{y}} {chart(unit)} "
                        f"({chart(token_estimator)})<br>%{{z}} tokens<extra></extra>"))]
     shapes, notes = [], []
@@ -167,6 +190,7 @@ def anchors_explorers_density(attn: np.ndarray, token_h: np.ndarray, groups: np.
                           xanchor="right" if side == "max" else "left", showarrow=False,
                           text=f"{name}s: {int(sel.sum())} tokens", font=dict(color=color, size=11)))
     return go.Figure(data=data, layout=dict(
-        template=TEMPLATE, height=340, margin=dict(l=10, r=10, t=30, b=10), shapes=shapes, annotations=notes,
+        # margins holding the tick labels, axis titles and colour bar: no automargin redraw
+        template=TEMPLATE, height=340, margin=dict(l=58, r=110, t=30, b=56), shapes=shapes, annotations=notes,
         plot_bgcolor="rgba(0,0,0,0)",
         xaxis=dict(title=chart(attn_label)), yaxis=dict(title=f"token entropy H ({unit}, {token_estimator})")))

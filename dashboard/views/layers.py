@@ -86,39 +86,52 @@ def heatmaps(trace_id: int, unit: str, boundary: int, lens_layer_ids: list[int],
                             width="stretch", theme=None, key="layers.head_heatmap")
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def comparison_chart(path: str, version: int, run_id: int, field: str, by: str, unit: str, quantity: str,
+                     layer_ids: tuple[int, ...]):
+    """The chart comparing groups of the run's traces, None when there are no groups. It is the same
+    for every trace of the run, so it is built once, not again at every trace picked (st.plotly_chart
+    copies the figure; nothing changes it)."""
+    traces = state.traces(path, version, run_id)
+    traces = traces[traces.trace_id.isin(layer_trace_ids(path, version, run_id))].reset_index(drop=True)
+    prof = layer_profiles(path, version, run_id, field)
+    if by == "trace":
+        labels = pd.Series({int(r.trace_id): state.trace_label(r, with_entropy=False) for r in traces.head(12).itertuples()})
+    else:
+        labels = layers.group_labels(traces, by)
+    grouped = layers.profile_groups(prof, labels, list(layer_ids))
+    if grouped.empty:
+        return None
+    if field != "attn_entropy_norm":
+        for col in ("mean", "lo", "hi"):
+            grouped[col] = state.convert(grouped[col].to_numpy(dtype=np.float64), unit)
+    if by == "trace":
+        grouped[["lo", "hi"]] = np.nan
+    shown_unit = "ratio" if field == "attn_entropy_norm" else unit
+    return charts.layer_profile(grouped, quantity, shown_unit, "mean over tokens per trace")
+
+
 @st.fragment
-def comparisons(run_id: int, traces: pd.DataFrame, fields: dict, unit: str) -> None:
+def comparisons(run_id: int, fields: dict, unit: str) -> None:
     """Mean profiles of groups of traces: the controls re-run only this part."""
     c1, c2 = st.columns(2)
     field = c1.selectbox("Quantity", list(fields), format_func=lambda f: fields[f][0], key="layers.field")
     by = c2.radio("Compare", ["trace", "difficulty", "correct"], horizontal=True, key="layers.by",
                   format_func={"trace": "traces", "difficulty": "difficulty bins",
                                "correct": "correct vs incorrect"}.get)
-    prof = state.cached(layer_profiles, int(run_id), field)
     quantity, layer_ids = fields[field]
-    if by == "trace":
-        labels = pd.Series({int(r.trace_id): state.trace_label(r, with_entropy=False) for r in traces.head(12).itertuples()})
-        note = "One line per trace (the first 12), each its mean over tokens; band: none."
-    elif by == "difficulty":
-        labels = layers.group_labels(traces, by)
-        note = ("Difficulty: the problem set's level, else the pass rate over samples (ARES buckets); mean over "
-                "traces with a 95% interval.")
-    else:
-        labels = layers.group_labels(traces, by)
-        note = "Correct vs incorrect traces (graded runs); mean over traces with a 95% interval."
-    grouped = layers.profile_groups(prof, labels, layer_ids)
-    if field != "attn_entropy_norm":
-        for col in ("mean", "lo", "hi"):
-            grouped[col] = state.convert(grouped[col].to_numpy(dtype=np.float64), unit)
-    if grouped.empty:
+    fig = state.cached(comparison_chart, int(run_id), field, by, unit, quantity, tuple(int(k) for k in layer_ids))
+    if fig is None:
         st.caption("No traces to compare here" + (" (this run is not graded)." if by == "correct" else "."))
+        return
+    st.plotly_chart(fig, width="stretch", theme=None, key="layers.compare")
+    if by == "trace":
+        st.caption("One line per trace (the first 12), each its mean over tokens; band: none.")
+    elif by == "difficulty":
+        st.caption("Difficulty: the problem set's level, else the pass rate over samples (ARES buckets); mean over "
+                   "traces with a 95% interval.")
     else:
-        if by == "trace":
-            grouped[["lo", "hi"]] = np.nan
-        shown_unit = "ratio" if field == "attn_entropy_norm" else unit
-        st.plotly_chart(charts.layer_profile(grouped, quantity, shown_unit, "mean over tokens per trace"),
-                        width="stretch", theme=None, key="layers.compare")
-        st.caption(note)
+        st.caption("Correct vs incorrect traces (graded runs); mean over traces with a 95% interval.")
 
 
 @st.fragment
@@ -235,7 +248,7 @@ if lens is not None:
 if attn is not None:
     fields["attn_entropy"] = ("attention entropy", attn_layer_ids)
     fields["attn_entropy_norm"] = ("attention entropy / ln(t+1)", attn_layer_ids)
-comparisons(int(run_id), traces, fields, unit)
+comparisons(int(run_id), fields, unit)
 
 # ---------------------------------------------------------------- anchors and explorers
 if attn is not None:
