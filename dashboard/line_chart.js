@@ -149,7 +149,12 @@ function setSpec(st, spec) {
     const customdata = t.customdata === undefined ? null : decode(t.customdata);
     const mode = t.mode || "lines";
     const line = t.line || {}, marker = t.marker || {};
-    return { i, name: plain(t.name || `trace ${i}`), x, y, customdata, mode, line, marker,
+    const name = plain(t.name || `trace ${i}`);
+    // what a hidden line is remembered by: its name up to the first number or bracket, so that
+    // "window entropy (next 4 tokens)" stays hidden at another window width, and traces coming
+    // and going (no forking points) do not shift it
+    const id = name.split(/[\d(=]/)[0].trim() || name;
+    return { i: id, name, x, y, customdata, mode, line, marker,
              hovertemplate: t.hovertemplate, hoverinfo: t.hoverinfo, showlegend: t.showlegend !== false,
              color: line.color || marker.color || INK };
   });

@@ -83,13 +83,16 @@ def test_curve_hover_legend_and_zoom_in_a_browser(tmp_path):
         page.mouse.move(box["x"] + box["width"] * 0.08, y)
         first = int(page.locator(".ts-lc-hx").text_content().rsplit(" ", 1)[1])
         assert first >= 15, first  # the left edge is now well inside the trace
-        # a new window width redraws the curve and keeps the zoom
+        # a new window width redraws the curve and keeps the zoom, and a line hidden stays hidden
+        page.locator(".ts-lc-item", has_text="window entropy").click()
         thumb = page.locator("[data-testid='stSlider']").filter(has_text="Window w").locator("input[type='range']")
         thumb.focus()
         page.keyboard.press("ArrowRight")
         page.wait_for_function("() => document.querySelector('.ts-lc-legend').textContent.includes('next 5 tokens')",
                                timeout=60000)
         assert page.locator(".ts-lc-reset").is_visible()
+        assert "ts-lc-off" in page.locator(".ts-lc-item", has_text="window entropy").get_attribute("class")
+        page.locator(".ts-lc-item", has_text="window entropy").click()
         page.mouse.move(box["x"] + box["width"] * 0.08, y)
         assert int(page.locator(".ts-lc-hx").text_content().rsplit(" ", 1)[1]) == first
         page.mouse.dblclick(box["x"] + box["width"] * 0.5, y)
