@@ -157,3 +157,18 @@ def test_estimator_comparison_is_drawn_on_request_in_the_page_unit(long_store, m
     full, curve = values(comparison["data"][0]["x"]), values(specs[0]["data"][0]["y"])
     assert at.selectbox(key="explorer.estimator").value == "full"
     assert np.allclose(np.sort(full[np.isfinite(full)]), np.sort(curve[np.isfinite(curve)]))
+
+
+def test_forking_points_link_to_their_branches(long_store, monkeypatch):
+    at = page(EXPLORER, long_store, monkeypatch)
+    table = at.dataframe[0].value
+    assert len(table) and list(table["branches"]) == [f"branches?run=1&trace=1&pos={p}" for p in table["position"]]
+    # and the Branches page opens there (the position's panel, before any branch is made)
+    monkeypatch.setenv("THINKSCOPE_STORE", str(long_store.path))
+    pos = int(table["position"].iloc[0])
+    br = AppTest.from_file(str(ROOT / "dashboard" / "views" / "branches.py"), default_timeout=120)
+    br.query_params.update({"run": "1", "trace": "1", "pos": str(pos)})
+    br.run()
+    assert not br.exception, [e.value for e in br.exception]
+    assert any(h.value.startswith("Position t") and f" {pos}" in h.value for h in br.subheader), \
+        [h.value for h in br.subheader]
