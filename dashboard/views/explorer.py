@@ -107,9 +107,9 @@ def forking_points_section(run_id: int, trace_id: int, estimator: str, unit: str
             "token": [token_text.label_token(x) for x in t["token"]],
             f"window entropy (next {w}; {unit}, {estimator})": state.convert(t["window_entropy"].to_numpy(), unit),
             f"token entropy H ({unit}, {estimator})": state.convert(t["token_entropy"].to_numpy(), unit),
-            "context": t["context"],
             # relative, so that a dashboard served under a path prefix keeps it
-            "branches": [f"branches?run={int(run_id)}&trace={int(trace_id)}&pos={int(p)}" for p in t["position"]]}),
+            "branches": [f"branches?run={int(run_id)}&trace={int(trace_id)}&pos={int(p)}" for p in t["position"]],
+            "context": t["context"]}),
             hide_index=True, width="stretch",
             column_config={"branches": st.column_config.LinkColumn(
                 "branches", display_text="branch here ↗",
