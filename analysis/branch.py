@@ -110,8 +110,9 @@ class Parent:
         return None if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
 
 
-def load_parent(store, trace_id: int) -> Parent:
-    """The trace ``trace_id`` with its run's generation settings and grading rule."""
+def load_parent(store, trace_id: int, need_ids: bool = True) -> Parent:
+    """The trace ``trace_id`` with its run's generation settings and grading rule. ``need_ids``
+    False: a trace without token ids is read too (its ids -1; branching through a server sends text)."""
     from .store.values import json_settings
     row = store.trace(int(trace_id))
     run = store.runs().set_index("run_id").loc[int(row.run_id)]
@@ -122,7 +123,9 @@ def load_parent(store, trace_id: int) -> Parent:
     rule = GradingRule(**{k: v for k, v in g.items() if k in GradingRule.__dataclass_fields__})
     tok = store.tokens(int(trace_id), with_alternatives=False)
     ids = tok["token_id"].to_numpy(dtype=np.float64, na_value=np.nan)
-    if len(ids) and (np.isnan(ids).any() or (ids < 0).any()):
+    if not need_ids:
+        ids = np.where(np.isnan(ids), -1.0, ids)
+    elif len(ids) and (np.isnan(ids).any() or (ids < 0).any()):
         raise BranchError(f"trace {trace_id}: its tokens have no token ids (an uploaded text trace?); "
                           "branching needs the ids of the model that continues it")
     meta = {k: row.get(k) for k in ("problem_id", "gold_answer", "level", "question")
@@ -371,21 +374,33 @@ def _ends(lm, ids) -> bool:
 def store_position(store, lm: LoadedModel, parent: Parent, res: PositionResult, settings: BranchSettings,
                    vocab: VocabText | None = None) -> int:
     """Store a position's rollouts in the parent run's branch run and link them; return the run id."""
-    run_id = store.branch_run(parent.run_id, lm.name)
     traces = [t for b in res.branches for t in b.rollouts]
-    ids = store.add_traces(run_id, traces, vocab_for(lm, traces, vocab))
+    return store_rollouts(store, parent, res, {**settings.key(), "model": lm.name}, lm.name,
+                          vocab_for(lm, traces, vocab))
+
+
+def store_rollouts(store, parent: Parent, res: PositionResult, settings: dict, model: str | None,
+                   vocab: dict[int, str] | None, forced_id: Callable[[Branch, Trace], int] | None = None) -> int:
+    """``store_position``'s work for any backend: the rollouts stored in the parent run's branch
+    run (``vocab``: text of their real token ids), linked, and the position recorded with
+    ``settings``; ``forced_id(branch, rollout)`` gives the forced token's id (default: the
+    rollout's first token id)."""
+    run_id = store.branch_run(parent.run_id, model)
+    traces = [t for b in res.branches for t in b.rollouts]
+    ids = store.add_traces(run_id, traces, vocab)
     rows, it = [], iter(ids)
     for b in res.branches:
         for i, t in enumerate(b.rollouts):
             rows.append({"trace_id": next(it), "parent_trace_id": parent.trace_id, "pos": res.pos, "kind": b.kind,
-                         "forced_token_id": int(t.token_ids[0]), "forced_token": t.tokens[0],
+                         "forced_token_id": int(t.token_ids[0]) if forced_id is None else int(forced_id(b, t)),
+                         "forced_token": t.tokens[0],
                          # a fresh rollout's token at t was sampled: its p is its recorded logprob's
                          "forced_p": b.p if b.kind != "fresh" else float(np.exp(t.logprobs[0])),
                          "rollout": i, "answer": canonical_answer(t.metadata.get("pred_answer")),
                          "correct": t.metadata.get("correct")})
     store.add_branch_position(run_id, pd.DataFrame(rows, columns=list(_link_columns())), {
         "parent_trace_id": parent.trace_id, "pos": res.pos,
-        "settings": {**settings.key(), "model": lm.name, "branches": len(res.branches)},
+        "settings": {**settings, "branches": len(res.branches)},
         "n_generated": res.n_generated, "n_budget": res.n_budget, "new_tokens": res.new_tokens,
         "seconds": res.seconds})
     return run_id
