@@ -292,6 +292,16 @@ class PositionResult:
                                   [r.metadata.get("correct") for r in b.rollouts]) for b in self.branches]
 
 
+def grow_targets(branches: Sequence[Branch], settings: BranchSettings, target: dict) -> None:
+    """Adaptive sampling: give each branch whose outcome distribution is not yet known within
+    ``settings.tol`` ``settings.step`` more rollouts (up to ``settings.n``) in ``target``."""
+    for b in branches:
+        answers = [canonical_answer(r.metadata.get("pred_answer")) for r in b.rollouts]
+        cats = sorted({bs.outcome(a) for a in answers})
+        if len(b.rollouts) < settings.n and not bs.known_within(bs.counts(answers, cats), settings.tol):
+            target[id(b)] = min(settings.n, len(b.rollouts) + settings.step)
+
+
 def branch_at(lm: LoadedModel, parent: Parent, pos: int, settings: BranchSettings = BranchSettings(),
               processors: Sequence = (), vocab: VocabText | None = None) -> PositionResult:
     """Branch ``parent`` at completion position ``pos`` (0 .. n-1): the rollouts of every branch,
@@ -327,11 +337,7 @@ def branch_at(lm: LoadedModel, parent: Parent, pos: int, settings: BranchSetting
                 new_tokens += trace.n_tokens
         if not settings.adaptive:
             break
-        for b in branches:
-            answers = [canonical_answer(r.metadata.get("pred_answer")) for r in b.rollouts]
-            cats = sorted({bs.outcome(a) for a in answers})
-            if len(b.rollouts) < settings.n and not bs.known_within(bs.counts(answers, cats), settings.tol):
-                target[id(b)] = min(settings.n, len(b.rollouts) + settings.step)
+        grow_targets(branches, settings, target)
     n_gen = sum(len(b.rollouts) for b in branches)
     return PositionResult(parent.trace_id, pos, branches, prefix_text, n_gen, settings.n * len(branches),
                           new_tokens, time.perf_counter() - t0, prefix.seconds)

@@ -27,8 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import branch_stats as bs
-from .branch import Branch, BranchSettings, Parent, PositionResult, canonical_answer, sampling_of, store_rollouts
+from .branch import (Branch, BranchSettings, Parent, PositionResult, grow_targets, sampling_of,
+                     store_rollouts)
 from .errors import BranchError
 from .grading import grade
 from .trace import Trace
@@ -288,11 +288,7 @@ def branch_at_server(store, server, parent: Parent, pos: int, settings: BranchSe
                 new_tokens += tr.n_tokens
         if not settings.adaptive:
             break
-        for b in branches:
-            answers = [canonical_answer(r.metadata.get("pred_answer")) for r in b.rollouts]
-            cats = sorted({bs.outcome(a) for a in answers})
-            if len(b.rollouts) < settings.n and not bs.known_within(bs.counts(answers, cats), settings.tol):
-                target[id(b)] = min(settings.n, len(b.rollouts) + settings.step)
+        grow_targets(branches, settings, target)
     n_gen = sum(len(b.rollouts) for b in branches)
     res = PositionResult(parent.trace_id, pos, branches, prefix_text, n_gen, settings.n * len(branches),
                          new_tokens, time.perf_counter() - t0, 0.0)

@@ -81,6 +81,11 @@ def cmd_branch(args) -> int:
           f"{out['rollouts']} rollouts, {out['tokens']} new tokens in {out['seconds']:.1f} s"
           + (f"; adaptive sampling saved {saved} of {out['budget']} rollouts "
              f"({100 * saved / max(1, out['budget']):.0f} %)" if settings.adaptive else ""))
+    return _finish(store, parent, args, out)
+
+
+def _finish(store, parent, args, out) -> int:
+    """The positions' table, and the exit code: 130 when the sweep was interrupted (kept, resumable)."""
     _print_positions(store, parent.trace_id, args.eps)
     if out["interrupted"]:
         print("interrupted: the finished positions are kept; run the same command again to resume",
@@ -126,12 +131,7 @@ def _branch_through_server(args, store, parent, positions, settings) -> int:
           + (f"; adaptive sampling saved {saved} of {out['budget']} rollouts" if settings.adaptive else ""))
     for note in dict.fromkeys(server.notes):
         _echo(f"note: {note}")
-    _print_positions(store, parent.trace_id, args.eps)
-    if out["interrupted"]:
-        print("interrupted: the finished positions are kept; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    return _finish(store, parent, args, out)
 
 
 def _fmt(x, lo=None, hi=None) -> str:
