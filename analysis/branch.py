@@ -518,19 +518,35 @@ def sweep(store, lm: LoadedModel, parent: Parent, positions: Sequence[int], sett
     run_id = store.branch_run(parent.run_id, lm.name)
     store.drop_unlinked_rollouts(run_id)
     vocab = VocabText(lm.tokenizer)
-    out = {"done": 0, "skipped": len(positions) - len(todo), "rollouts": 0, "budget": 0, "tokens": 0,
-           "seconds": 0.0, "interrupted": False}
+
+    def one(pos: int) -> PositionResult:
+        res = branch_at(lm, parent, pos, settings, processors, vocab)
+        store_position(store, lm, parent, res, settings, vocab)
+        return res
+
+    return run_positions(todo, len(positions) - len(todo), one, progress)
+
+
+def run_positions(todo: Sequence[int], skipped: int, one: Callable[[int], PositionResult],
+                  progress: Callable[[int, int, PositionResult | None], None] | None = None,
+                  counted: Sequence[str] = ()) -> dict:
+    """A sweep's loop for any backend: ``one(pos)`` branches and stores a position; returns the
+    counts (done, skipped, rollouts, budget, tokens, seconds and each attribute in ``counted``
+    summed over positions, interrupted). Ctrl-C stops between two positions, keeping the finished."""
+    out = {"done": 0, "skipped": skipped, "rollouts": 0, "budget": 0, "tokens": 0, "seconds": 0.0,
+           **{k: 0 for k in counted}, "interrupted": False}
     if progress:
         progress(0, len(todo), None)
     try:
         for i, pos in enumerate(todo):
-            res = branch_at(lm, parent, pos, settings, processors, vocab)
-            store_position(store, lm, parent, res, settings, vocab)
+            res = one(pos)
             out["done"] += 1
             out["rollouts"] += res.n_generated
             out["budget"] += res.n_budget
             out["tokens"] += res.new_tokens
             out["seconds"] += res.seconds
+            for k in counted:
+                out[k] += getattr(res, k)
             if progress:
                 progress(i + 1, len(todo), res)
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .branch import (Branch, BranchSettings, Parent, PositionResult, grow_targets, sampling_of,
+from .branch import (Branch, BranchSettings, Parent, PositionResult, grow_targets, run_positions, sampling_of,
                      store_rollouts)
 from .errors import BranchError
 from .grading import grade
@@ -331,22 +331,10 @@ def sweep_server(store, server, parent: Parent, positions: Sequence[int], settin
     todo = [p for p in positions if p not in finished]
     tokens = store.tokens(parent.trace_id)
     store.drop_unlinked_rollouts(store.branch_run(parent.run_id, server.model))
-    out = {"done": 0, "skipped": len(positions) - len(todo), "rollouts": 0, "budget": 0, "tokens": 0,
-           "seconds": 0.0, "requests": 0, "interrupted": False}
-    if progress:
-        progress(0, len(todo), None)
-    try:
-        for i, pos in enumerate(todo):
-            res = branch_at_server(store, server, parent, pos, settings, prompt, tokens)
-            store_server_position(store, server, parent, res, settings)
-            out["done"] += 1
-            out["rollouts"] += res.n_generated
-            out["budget"] += res.n_budget
-            out["tokens"] += res.new_tokens
-            out["seconds"] += res.seconds
-            out["requests"] += res.requests
-            if progress:
-                progress(i + 1, len(todo), res)
-    except KeyboardInterrupt:
-        out["interrupted"] = True
-    return out
+
+    def one(pos: int) -> PositionResult:
+        res = branch_at_server(store, server, parent, pos, settings, prompt, tokens)
+        store_server_position(store, server, parent, res, settings)
+        return res
+
+    return run_positions(todo, len(positions) - len(todo), one, progress, counted=("requests",))
