@@ -117,3 +117,31 @@ def test_the_command_branches_through_the_server_and_reports_errors_in_one_line(
     out = cli("--store", str(path), "branch", str(run_id), str(tid), "--at", "999", "--server", llama.url)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "outside" in out.stderr
+
+
+def test_the_branches_page_branches_through_a_server(llama, recorded, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.browser import ROOT
+
+    path, run_id, tid = recorded
+    monkeypatch.setenv("THINKSCOPE_STORE", str(path))
+    page = str(ROOT / "dashboard" / "views" / "branches.py")
+    at = AppTest.from_file(page, default_timeout=300)
+    at.query_params.update({"run": str(run_id), "trace": str(tid), "pos": "1"})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="branches.backend").value == "server"  # the trace has no token ids: no local model
+    # a dead server: one line, the page stays
+    at.text_input(key="branches.server_url").set_value("http://127.0.0.1:9").run()
+    at.button(key="branches.go").click().run()
+    assert not at.exception and at.error and "does not answer" in at.error[0].value, [e.value for e in at.error]
+    at.text_input(key="branches.server_url").set_value(llama.url).run()
+    at.number_input(key="branches.n").set_value(1)
+    at.number_input(key="branches.budget").set_value(4)
+    at.button(key="branches.go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Branched at t = 1 through" in s.value for s in at.success), [s.value for s in at.success]
+    done = Store(path).branch_positions(tid)
+    row = done[done["pos"] == 1].iloc[-1]
+    assert row["settings"]["backend"] == "server" and row["settings"]["max_new_tokens"] == 4, row["settings"]

@@ -126,9 +126,31 @@ def survival_chart(table: pd.DataFrame) -> go.Figure:
 
 
 def branch_form(run_id: int, trace_id: int, pos: int, model: str) -> None:
-    """Cost first, then the button that branches at ``pos``."""
+    """Where the rollouts come from (the local model or an inference server), the cost, then the
+    button that branches at ``pos``."""
     path, version = state.store().path, state.store().version()
-    parent = br.load_parent(state.store(), trace_id)
+    from analysis.errors import BranchError
+    try:  # a trace without its model's token ids (uploaded text, a server's) branches through a server only
+        br.load_parent(state.store(), trace_id)
+        no_ids = None
+    except BranchError as e:
+        no_ids = str(e)
+    backend = st.radio("Rollouts from", ["local", "server"], horizontal=True, key="branches.backend",
+                       index=1 if no_ids else 0,
+                       format_func={"local": f"the local model ({model or 'the run’s model'})",
+                                    "server": "an inference server (OpenAI-compatible completions)"}.get)
+    if backend == "local" and no_ids:
+        st.info(md(no_ids) + ". Its rollouts can come from an inference server instead (above).")
+        return
+    if backend == "server":
+        s1, s2, s3 = st.columns([2, 1.4, 1.2])
+        url = s1.text_input("Server URL", key="branches.server_url", placeholder="http://127.0.0.1:8000")
+        served = s2.text_input("Served model (blank: the server's first)", key="branches.server_model")
+        raw = s3.toggle("Prompt as is (no chat template)", value=False, key="branches.raw_prompt",
+                        help="The prefix is sent as text: the prompt as stored, the completion before t and the "
+                             "forced token; a run whose prompt went through a chat template needs the template "
+                             "rendered, which this does not do.")
+    parent = br.load_parent(state.store(), trace_id, need_ids=backend == "local")
     c = st.columns(5)
     n = c[0].number_input("Rollouts per branch", 1, 64, 2, key="branches.n")
     budget = c[1].number_input("Token budget per rollout", 1, 1024, 32, key="branches.budget")
@@ -139,20 +161,44 @@ def branch_form(run_id: int, trace_id: int, pos: int, model: str) -> None:
                          key="branches.adaptive")
     settings = br.BranchSettings(n=int(n), max_new_tokens=int(budget), p_min=float(p_min),
                                  max_alternatives=int(max_alt), fresh=bool(fresh), adaptive=bool(adaptive))
-    k = br.branch_counts(parent, [pos], settings)[0]
-    st.caption(f"Cost at t = {pos}: {k} branches × {int(n)} rollouts = {k * int(n)} generations, at most "
-               f"{k * int(n) * (int(budget) + 1):,} new tokens, one prefix of {pos} completion tokens encoded once "
-               "(branches from the trace's recorded top-k at the run's temperature).")
+    if backend == "server":
+        from analysis import branch_server as bsv
+        k = bsv.branch_counts_server(state.store(), parent, [pos], settings)[0]
+        st.caption(f"Cost at t = {pos}: {k} branches × {int(n)} rollouts = {k * int(n)} generations of at most "
+                   f"{int(budget) + 1} tokens, through the server (branches from the trace's recorded top-k; "
+                   "the prefix is sent as text and tokenised anew by the server).")
+    else:
+        k = br.branch_counts(parent, [pos], settings)[0]
+        st.caption(f"Cost at t = {pos}: {k} branches × {int(n)} rollouts = {k * int(n)} generations, at most "
+                   f"{k * int(n) * (int(budget) + 1):,} new tokens, one prefix of {pos} completion tokens encoded "
+                   "once (branches from the trace's recorded top-k at the run's temperature).")
     if st.button(f"Branch at t = {pos}", type="primary", key="branches.go"):
-        lm = get_model(model)
-        rate = measured_rate(path, version, trace_id, model, min(settings.batch_size, k * int(n)))
-        prompt_tokens = len(br.build_prompt_ids(lm, parent.prompt, parent.generation))
-        st.caption("Estimated at most " + md(br.estimate(parent, [pos], settings, rate, prompt_tokens).describe()))
-        with st.spinner(f"Branching at t = {pos} ..."):
-            out = br.sweep(state.store(), lm, parent, [pos], settings)
+        if backend == "server":
+            from analysis.server.servers import connect
+            if not url.strip():
+                st.error("Give the server's URL first.")
+                return
+            from analysis.errors import ThinkscopeError
+            try:  # a server that does not answer, or refuses: its one line, and the page stays
+                server = connect(url.strip(), served.strip() or None, endpoint="completions", top_k=settings.top_k)
+                prompt = bsv.prompt_text(parent, state.store().run_settings(parent.run_id) or {}, bool(raw))
+                with st.spinner(f"Branching at t = {pos} through {md(server.model)} ..."):
+                    out = bsv.sweep_server(state.store(), server, parent, [pos], settings, None, prompt)
+            except ThinkscopeError as e:
+                st.error(md(str(e)))
+                return
+            source = f" through {md(server.model)} ({md(server.kind)}), {out['requests']} requests"
+        else:
+            lm = get_model(model)
+            rate = measured_rate(path, version, trace_id, model, min(settings.batch_size, k * int(n)))
+            prompt_tokens = len(br.build_prompt_ids(lm, parent.prompt, parent.generation))
+            st.caption("Estimated at most " + md(br.estimate(parent, [pos], settings, rate, prompt_tokens).describe()))
+            with st.spinner(f"Branching at t = {pos} ..."):
+                out = br.sweep(state.store(), lm, parent, [pos], settings)
+            source = ""
         saved = out["budget"] - out["rollouts"]
-        st.session_state["branches.done"] = (f"Branched at t = {pos}: {out['rollouts']} rollouts, {out['tokens']} new "
-                                             f"tokens in {out['seconds']:.1f} s"
+        st.session_state["branches.done"] = (f"Branched at t = {pos}{source}: {out['rollouts']} rollouts, "
+                                             f"{out['tokens']} new tokens in {out['seconds']:.1f} s"
                                              + (f"; adaptive sampling saved {saved} rollouts" if adaptive else ""))
         st.rerun()
 
