@@ -129,11 +129,11 @@ def branch_form(run_id: int, trace_id: int, pos: int, model: str) -> None:
     """Where the rollouts come from (the local model or an inference server), the cost, then the
     button that branches at ``pos``."""
     path, version = state.store().path, state.store().version()
-    from analysis.errors import BranchError
+    from analysis.errors import ThinkscopeError
     try:  # a trace without its model's token ids (uploaded text, a server's) branches through a server only
         br.load_parent(state.store(), trace_id)
         no_ids = None
-    except BranchError as e:
+    except ThinkscopeError as e:
         no_ids = str(e)
     backend = st.radio("Rollouts from", ["local", "server"], horizontal=True, key="branches.backend",
                        index=1 if no_ids else 0,
@@ -178,7 +178,6 @@ def branch_form(run_id: int, trace_id: int, pos: int, model: str) -> None:
             if not url.strip():
                 st.error("Give the server's URL first.")
                 return
-            from analysis.errors import ThinkscopeError
             try:  # a server that does not answer, or refuses: its one line, and the page stays
                 server = connect(url.strip(), served.strip() or None, endpoint="completions", top_k=settings.top_k)
                 prompt = bsv.prompt_text(parent, state.store().run_settings(parent.run_id) or {}, bool(raw))
